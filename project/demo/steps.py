@@ -1,0 +1,44 @@
+"""Plain functions the demo workflows run as steps (no network: all local)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+
+def send_email(address: str, subject: str) -> str:
+    time.sleep(0.2)
+    return "msg-" + hashlib.sha1(f"{address}:{subject}".encode()).hexdigest()[:12]
+
+
+def update_user(charge: dict) -> dict:
+    time.sleep(0.2)
+    return {"email": charge["email"], "lifetime_value": charge.get("amount", 0)}
+
+
+def split_text_into_chunks(text: str, words_per_chunk: int = 40) -> list[str]:
+    words = text.split()
+    return [" ".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
+
+
+def summarize_chunk(chunk: str) -> str:
+    """A stand-in summarizer: the chunk's first sentence, at most 12 words."""
+    words = chunk.split(".")[0].split()
+    return " ".join(words[:12])
+
+
+def summarize_summaries(summaries: list[str]) -> str:
+    return " / ".join(s for s in summaries if s)
+
+
+def reserve_stock(order: dict) -> dict:
+    return {"reserved": [item["sku"] for item in order.get("items", [])]}
+
+
+def charge_card(order: dict) -> dict:
+    total = sum(item.get("price", 0) * item.get("qty", 1) for item in order.get("items", []))
+    return {"charged": total, "currency": "EUR"}
+
+
+def ship(order: dict, reservation: dict) -> str:
+    return f"shipment-{order['order_id']}-{len(reservation['reserved'])}"

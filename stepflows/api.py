@@ -1,0 +1,198 @@
+"""The verbs of stepflows: send events, retry, rerun, cancel, replay.
+
+Admin actions, management commands and user code all call these; none of
+them writes rows directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pydantic import BaseModel, ValidationError
+
+from . import dispatch
+from .conf import get_settings
+from .engine.serialization import to_json
+from .events import NAME_PATTERN, Event
+from .exceptions import EventValidationError, InvalidEventError, OutputSerializationError
+from .models import Event as EventRow
+from .models import Run
+from .registry import Workflow, registry
+
+EventLike = Event | dict[str, Any]
+
+
+@dataclass
+class _Prepared:
+    id: str
+    name: str
+    data: Any
+    ts: datetime
+    workflows: list[Workflow]
+
+
+def _as_events(event: Any, data: Any, id: str | None, ts: datetime | None) -> list[Event]:
+    if isinstance(event, str):
+        return [_build({"name": event, "data": {} if data is None else data, "id": id, "ts": ts})]
+    if data is not None or id is not None:
+        raise InvalidEventError(
+            "send(name, data=..., id=...) takes data and id only with an event name; "
+            "put them inside the Event objects instead"
+        )
+    items = [event] if isinstance(event, Event | dict) else list(event)
+    return [e if isinstance(e, Event) else _build(e) for e in items]
+
+
+def _build(fields: Any) -> Event:
+    if not isinstance(fields, dict):
+        raise InvalidEventError(f"an event is an Event or a dict with name and data, not {fields!r}")
+    fields = {k: v for k, v in fields.items() if v is not None or k == "data"}
+    try:
+        return Event(**fields)
+    except ValidationError as exc:
+        raise InvalidEventError(f"invalid event {fields.get('name')!r}: {exc}") from None
+
+
+def _prepare(event: Event, index: int) -> _Prepared:
+    conf = get_settings()
+    name = event.name
+    where = f"event #{index} ({name!r})" if isinstance(name, str) else f"event #{index}"
+    if not isinstance(name, str) or not name:
+        raise InvalidEventError(f"{where}: the event name must be a non-empty string")
+    if len(name) > conf.MAX_EVENT_NAME_LENGTH:
+        raise InvalidEventError(
+            f"event #{index}: the name is {len(name)} characters long; the limit is "
+            f"STEPFLOWS['MAX_EVENT_NAME_LENGTH'] = {conf.MAX_EVENT_NAME_LENGTH}"
+        )
+    if not NAME_PATTERN.match(name):
+        raise InvalidEventError(
+            f"{where}: an event name starts with a letter or digit and uses only letters, "
+            "digits and . _ - / : (like 'shop/order.created')"
+        )
+    raw = event.data.model_dump(mode="json") if isinstance(event.data, BaseModel) else event.data
+    if not isinstance(raw, dict):
+        raise InvalidEventError(
+            f"{where}: event data must be a JSON object (a dict), not {type(raw).__name__}"
+        )
+    try:
+        data, size = to_json(raw, where=f"{where}: its data")
+    except OutputSerializationError as exc:
+        raise InvalidEventError(str(exc).replace("returned a value", "holds a value")) from None
+    if size > conf.MAX_EVENT_BYTES:
+        raise InvalidEventError(
+            f"{where}: its data is {size} bytes as JSON; the limit is "
+            f"STEPFLOWS['MAX_EVENT_BYTES'] = {conf.MAX_EVENT_BYTES}. Send a reference "
+            "(an id, a URL) instead of the content."
+        )
+    if event.id is not None and (not isinstance(event.id, str) or not 0 < len(event.id) <= 255):
+        raise InvalidEventError(f"{where}: an event id is a string of 1 to 255 characters")
+    probe = Event(name=name, data=data, id=event.id, ts=event.ts)
+    workflows = registry.matching(probe)
+    for wf in workflows:
+        if wf.schema is None:
+            continue
+        try:
+            wf.schema.model_validate(data)
+        except ValidationError as exc:
+            raise EventValidationError(
+                f"{where}: its data does not match the schema {wf.schema.__name__} of "
+                f"workflow {wf.id!r}: {exc}. Nothing was stored.",
+                workflow_id=wf.id,
+                errors=[dict(e) for e in exc.errors(include_url=False)],
+            ) from None
+    ts = event.ts if timezone.is_aware(event.ts) else timezone.make_aware(event.ts)
+    return _Prepared(event.id or str(uuid.uuid4()), name, data, ts, workflows)
+
+
+def _store(prepared: list[_Prepared], source_run_id: Any) -> list[str]:
+    existing = set(
+        EventRow.objects.filter(id__in=[p.id for p in prepared]).values_list("id", flat=True)
+    )
+    fresh: list[_Prepared] = []
+    seen: set[str] = set()
+    for p in prepared:
+        if p.id not in existing and p.id not in seen:
+            fresh.append(p)
+            seen.add(p.id)
+    EventRow.objects.bulk_create(
+        [
+            EventRow(id=p.id, name=p.name, data=p.data, ts=p.ts, source_run_id=source_run_id)
+            for p in fresh
+        ]
+    )
+    runs = [
+        Run(workflow_id=wf.id, event_id=p.id, parent_id=source_run_id)
+        for p in fresh
+        for wf in p.workflows
+    ]
+    Run.objects.bulk_create(runs)
+    run_ids = [r.id for r in runs]
+    if run_ids:
+        transaction.on_commit(lambda: _dispatch_all(run_ids), robust=True)
+    return [p.id for p in prepared]
+
+
+def _dispatch_all(run_ids: list[Any]) -> None:
+    for run_id in run_ids:
+        dispatch.execute_run(run_id)
+
+
+def _send(events: list[Event], source_run_id: Any = None) -> list[str]:
+    prepared = [_prepare(e, i) for i, e in enumerate(events)]
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                return _store(prepared, source_run_id)
+        except IntegrityError:
+            # A concurrent sender stored the same event id first; the second
+            # pass finds it and starts nothing new.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def send(
+    event: str | EventLike | Iterable[EventLike],
+    data: Any = None,
+    *,
+    id: str | None = None,
+    ts: datetime | None = None,
+) -> list[str]:
+    """Send events; every workflow they trigger starts a run. Returns the event ids.
+
+    ``send("shop/order.created", data={...})`` or ``send([Event(...), ...])``.
+    Events are stored, and runs started, when the current transaction commits:
+    an event sent in a transaction that rolls back starts nothing. An event
+    whose ``id`` was already received starts nothing new. Invalid input raises
+    :class:`InvalidEventError` (or :class:`EventValidationError` for a
+    workflow's schema) and stores nothing.
+    """
+    return _send(_as_events(event, data, id, ts))
+
+
+async def asend(
+    event: str | EventLike | Iterable[EventLike],
+    data: Any = None,
+    *,
+    id: str | None = None,
+    ts: datetime | None = None,
+) -> list[str]:
+    """Async :func:`send`."""
+    return await sync_to_async(send)(event, data, id=id, ts=ts)
+
+
+def send_from_run(events: Any, *, run_id: str, id_prefix: str) -> list[str]:
+    """Send events from a step of a run, with ids derived from the step."""
+    items = _as_events(events, None, None, None)
+    numbered = [
+        e if e.id is not None else e.model_copy(update={"id": f"{id_prefix}:{i}"})
+        for i, e in enumerate(items)
+    ]
+    return _send(numbered, source_run_id=run_id)

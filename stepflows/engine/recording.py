@@ -1,0 +1,212 @@
+"""Every database write of the engine: run leases, run outcomes, step outcomes.
+
+Writes are single conditional statements where possible, so that a duplicate
+delivery or a second worker can never overwrite a finished step or run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from ..conf import get_settings
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from .control import PlannedStep
+from .memo import FIELDS, StepRecord
+
+logger = logging.getLogger("stepflows.engine")
+
+FINISHED_STEP = (StepStatus.COMPLETED, StepStatus.FAILED)
+
+
+def worker_name() -> str:
+    """host:pid of this process, recorded on each attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_token() -> str:
+    return f"{worker_name()}:{os.urandom(4).hex()}"
+
+
+# -- runs -------------------------------------------------------------------
+
+
+def claim_run(run_id: Any, token: str) -> Run | None:
+    """Take the run's lease, or None when it is finished or another worker holds it."""
+    now = timezone.now()
+    lease = timedelta(seconds=get_settings().LEASE_SECONDS)
+    claimed = (
+        Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES)
+        .lease_free(now)
+        .update(
+            status=RunStatus.RUNNING,
+            lease_owner=token,
+            lease_expires_at=now + lease,
+            started_at=Coalesce("started_at", Value(now)),
+        )
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("event").get(id=run_id)
+
+
+def renew_lease(run_id: Any, token: str) -> bool:
+    lease = timedelta(seconds=get_settings().LEASE_SECONDS)
+    return bool(
+        Run.objects.filter(id=run_id, lease_owner=token).update(
+            lease_expires_at=timezone.now() + lease
+        )
+    )
+
+
+def finish_run(
+    run_id: Any,
+    token: str,
+    status: str,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Complete or fail the run this worker holds. False when it lost the lease."""
+    done = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+        status=status,
+        output=output,
+        error=error,
+        ended_at=timezone.now(),
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    if not done:
+        logger.warning("run %s: lost its lease before it could be marked %s", run_id, status)
+    return bool(done)
+
+
+def fail_unclaimed_run(run_id: Any, error: dict[str, Any]) -> None:
+    """Fail a run that could not even be started (its workflow is gone, say)."""
+    Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES).update(
+        status=RunStatus.FAILED,
+        error=error,
+        ended_at=timezone.now(),
+        lease_owner="",
+        lease_expires_at=None,
+    )
+
+
+def suspend_run(
+    run_id: Any,
+    token: str,
+    *,
+    planned: list[PlannedStep],
+    countdown: float | None,
+    attempts: int | None = None,
+) -> None:
+    """Release the run as waiting, then (after commit) dispatch what it waits for."""
+    from .. import dispatch
+
+    new_rows = [
+        Step(
+            run_id=run_id,
+            step_id=p.step_id,
+            position=p.position,
+            group=p.group,
+            status=StepStatus.SCHEDULED,
+        )
+        for p in planned
+        if p.is_new
+    ]
+    fields: dict[str, Any] = {
+        "status": RunStatus.WAITING,
+        "lease_owner": "",
+        "lease_expires_at": None,
+    }
+    if attempts is not None:
+        fields["attempts"] = attempts
+    with transaction.atomic():
+        if new_rows:
+            Step.objects.bulk_create(new_rows, batch_size=500, ignore_conflicts=True)
+        released = Run.objects.filter(
+            id=run_id, lease_owner=token, status=RunStatus.RUNNING
+        ).update(**fields)
+        if not released:
+            # Cancelled meanwhile, or the lease was lost: dispatch nothing.
+            return
+        if planned:
+            transaction.on_commit(lambda: dispatch.parallel_group(run_id, planned), robust=True)
+        else:
+            transaction.on_commit(
+                lambda: dispatch.execute_run(run_id, countdown=countdown), robust=True
+            )
+
+
+# -- steps ------------------------------------------------------------------
+
+
+def _values(rec: StepRecord, ended: Any) -> dict[str, Any]:
+    return {
+        "status": rec.status,
+        "output": rec.output,
+        "output_bytes": rec.output_bytes,
+        "error": rec.error,
+        "attempts": rec.attempts,
+        "attempt_count": rec.attempt_count,
+        "retry_at": rec.retry_at,
+        "started_at": rec.started_at,
+        "ended_at": ended,
+    }
+
+
+def save_step(run_id: Any, rec: StepRecord, *, exists: bool) -> StepRecord:
+    """Store one attempt's outcome with one statement; returns what is stored.
+
+    A finished step is never overwritten: when another worker finished it
+    first (a duplicate delivery), its record stands and is returned.
+    """
+    ended = timezone.now() if rec.is_finished else None
+    values = _values(rec, ended)
+    if not exists:
+        try:
+            if connection.in_atomic_block:
+                with transaction.atomic():
+                    Step.objects.create(
+                        run_id=run_id,
+                        step_id=rec.step_id,
+                        position=rec.position,
+                        group=rec.group,
+                        **values,
+                    )
+            else:
+                Step.objects.create(
+                    run_id=run_id, step_id=rec.step_id, position=rec.position, group=rec.group,
+                    **values,
+                )
+            return rec
+        except IntegrityError:
+            pass
+    else:
+        updated = (
+            Step.objects.filter(run_id=run_id, step_id=rec.step_id)
+            .exclude(status__in=FINISHED_STEP)
+            .update(**values)
+        )
+        if updated:
+            return rec
+    stored = Step.objects.filter(run_id=run_id, step_id=rec.step_id).values_list(*FIELDS).get()
+    return StepRecord(*stored)
+
+
+def mark_step_running(run_id: Any, step_id: str) -> bool:
+    """Show a parallel step as running; False when it already finished."""
+    now = timezone.now()
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=step_id)
+        .exclude(status__in=FINISHED_STEP)
+        .update(status=StepStatus.RUNNING, started_at=Coalesce("started_at", Value(now)))
+    )

@@ -1,0 +1,80 @@
+"""The step tools a workflow function receives: StepSync (def) and Step (async def)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from ..events import Event
+from .invocation import Invocation
+
+T = TypeVar("T")
+
+EventsArg = Event | dict[str, Any] | Iterable[Event | dict[str, Any]]
+
+
+def _sender(inv: Invocation, events: EventsArg) -> Callable[[], list[str]]:
+    """The step function behind send_event: ids derive from run and step, so a
+    re-run of the step after a crash sends nothing twice."""
+
+    def send_events() -> list[str]:
+        from ..api import send_from_run
+
+        assert inv.current_step is not None
+        return send_from_run(events, run_id=inv.run_id, id_prefix=f"{inv.run_id}:{inv.current_step}")
+
+    return send_events
+
+
+class StepSync:
+    """Step tools for a plain ``def`` workflow."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self._inv = invocation
+
+    def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` once as step ``step_id`` and return its output.
+
+        The output is stored; on every later invocation of the run, the stored
+        output is returned without calling ``fn``. A failing ``fn`` is retried
+        with backoff; when it fails for good, :class:`StepError` is raised here.
+        """
+        return self._inv.run_sync(step_id, fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def parallel(self, *callables: Callable[[], Any]) -> tuple[Any, ...]:
+        """Run several steps at once on Celery workers; return their outputs in order.
+
+        Each callable starts exactly one step, e.g. ``lambda: step.run("a", fa)``.
+        """
+        return self._inv.parallel_sync(callables)
+
+    def send_event(self, step_id: str, events: EventsArg) -> list[str]:
+        """Send one or many events as a memoized step; returns the event ids."""
+        return self.run(step_id, _sender(self._inv, events))
+
+
+class Step:
+    """Step tools for an ``async def`` workflow: the same methods, awaitable."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self._inv = invocation
+
+    @overload
+    async def run(
+        self, step_id: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` (plain or async) once as step ``step_id``; see :meth:`StepSync.run`."""
+        return await self._inv.run_async(step_id, fn, args, kwargs)
+
+    async def parallel(self, *callables: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
+        """Run several steps at once on Celery workers; see :meth:`StepSync.parallel`."""
+        return await self._inv.parallel_async(callables)
+
+    async def send_event(self, step_id: str, events: EventsArg) -> list[str]:
+        """Send one or many events as a memoized step; returns the event ids."""
+        return await self.run(step_id, _sender(self._inv, events))  # type: ignore[no-any-return]

@@ -1,0 +1,203 @@
+"""Events, runs and steps: the durable state of stepflows.
+
+Rows are written by the engine and by :mod:`stepflows.api`; admin pages and
+commands read them and call the api, never write them directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", _("queued")
+    """Created; waiting for a worker to pick it up."""
+    RUNNING = "running", _("running")
+    """A worker is executing the workflow function."""
+    WAITING = "waiting", _("waiting")
+    """Waiting for parallel steps to finish, or for a retry to come due."""
+    COMPLETED = "completed", _("completed")
+    """Finished; ``output`` holds the workflow's return value."""
+    FAILED = "failed", _("failed")
+    """Failed for good; ``error`` says why."""
+    CANCELLED = "cancelled", _("cancelled")
+    """Stopped by a person before it finished."""
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+
+
+class StepStatus(models.TextChoices):
+    SCHEDULED = "scheduled", _("scheduled")
+    """Waiting for a worker: a parallel step not yet started, or a retry not yet due."""
+    RUNNING = "running", _("running")
+    """A worker is running the step's code."""
+    COMPLETED = "completed", _("completed")
+    """Finished; ``output`` is stored and returned on every replay."""
+    FAILED = "failed", _("failed")
+    """Failed for good, after all its retries."""
+
+
+class Event(models.Model):
+    """An event received by :func:`stepflows.send`, or sent by a run's step."""
+
+    id = models.CharField(primary_key=True, max_length=255)
+    name = models.CharField(_("name"), max_length=255)
+    data = models.JSONField(_("data"), default=dict)
+    ts = models.DateTimeField(_("timestamp"), default=timezone.now)
+    source_run = models.ForeignKey(
+        "stepflows.Run",
+        verbose_name=_("source run"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="sent_events",
+    )
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["-received_at"]
+        indexes = [
+            models.Index(fields=["name", "-received_at"], name="stepflows_event_name_idx"),
+            models.Index(fields=["-received_at"], name="stepflows_event_recv_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class RunQuerySet(models.QuerySet["Run"]):
+    def active(self) -> RunQuerySet:
+        return self.filter(status__in=ACTIVE_RUN_STATUSES)
+
+    def failed(self) -> RunQuerySet:
+        return self.filter(status=RunStatus.FAILED)
+
+    def finished(self) -> RunQuerySet:
+        return self.filter(
+            status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
+        )
+
+    def lease_free(self, now: datetime) -> RunQuerySet:
+        """Runs no live worker holds: never leased, released, or with an expired lease."""
+        return self.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+
+
+class Run(models.Model):
+    """One execution of one workflow, started by one event."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow_id = models.CharField(_("workflow"), max_length=255)
+    event = models.ForeignKey(
+        Event, verbose_name=_("event"), on_delete=models.PROTECT, related_name="runs"
+    )
+    status = models.CharField(
+        _("status"), max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED
+    )
+    output = models.JSONField(_("output"), null=True, blank=True)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("parent run"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    # Failed attempts of the workflow code itself (outside steps).
+    attempts = models.PositiveIntegerField(_("workflow attempts"), default=0)
+    # The worker executing the run holds the lease until it expires; another
+    # invocation of the same run leaves it alone until then.
+    lease_owner = models.CharField(max_length=100, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("run")
+        verbose_name_plural = _("runs")
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="stepflows_run_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="stepflows_run_status_idx"),
+            models.Index(fields=["workflow_id", "-created_at"], name="stepflows_run_wf_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (or to now while it runs)."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class Step(models.Model):
+    """A step of a run: its memoized output or error, and every attempt."""
+
+    run = models.ForeignKey(Run, verbose_name=_("run"), on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(_("step id"), max_length=255)
+    # Order of the step call in the workflow function; replays must meet the
+    # same step ids in the same order.
+    position = models.PositiveIntegerField(_("position"))
+    # Steps started by one `parallel` call share a group: the position of its first step.
+    group = models.PositiveIntegerField(_("parallel group"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=StepStatus.choices, default=StepStatus.SCHEDULED
+    )
+    output = models.JSONField(_("output"), null=True, blank=True)
+    output_bytes = models.PositiveIntegerField(_("output size"), default=0)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    # Each attempt: {"number", "started_at", "ended_at", "error", "worker"}.
+    attempts = models.JSONField(_("attempts"), default=list, blank=True)
+    attempt_count = models.PositiveIntegerField(_("attempt count"), default=0)
+    # When a retry of a failed attempt is due.
+    retry_at = models.DateTimeField(_("retry at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("step")
+        verbose_name_plural = _("steps")
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step_id"], name="stepflows_step_run_id_uniq"),
+        ]
+        indexes = [
+            models.Index(fields=["run", "position"], name="stepflows_step_run_pos_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.step_id
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (StepStatus.COMPLETED, StepStatus.FAILED)
+
+    def error_summary(self) -> dict[str, Any] | None:
+        return self.error

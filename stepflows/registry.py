@@ -1,0 +1,171 @@
+"""The ``workflow`` decorator, triggers, and the registry of workflows.
+
+Workflows register themselves when their module is imported; the app config
+imports the ``workflows`` module of every installed app at startup.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
+
+from .events import Event
+from .exceptions import ConfigurationError, WorkflowNotFoundError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """Trigger a workflow on events named ``event``, optionally filtered by ``if_``."""
+
+    event: str
+    if_: Callable[[Event], bool] | None = None
+
+    def matches(self, event: Event) -> bool:
+        if event.name != self.event:
+            return False
+        return self.if_ is None or bool(self.if_(event))
+
+
+@dataclass
+class Workflow:
+    """A registered workflow: its function and options."""
+
+    id: str
+    fn: Callable[..., Any]
+    triggers: list[TriggerEvent]
+    retries: int | None = None
+    schema: type[BaseModel] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def experimental_execution(self) -> bool:
+        return bool(self.options.get("experimental_execution", False))
+
+    def matches(self, event: Event) -> bool:
+        return any(trigger.matches(event) for trigger in self.triggers)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class Registry:
+    """Workflows by id. Duplicates are kept aside for the system check to report."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, Workflow] = {}
+        self.duplicates: list[tuple[Workflow, Workflow]] = []
+
+    def register(self, wf: Workflow) -> None:
+        existing = self._workflows.get(wf.id)
+        if existing is not None and existing.fn is not wf.fn:
+            same_place = (
+                existing.fn.__module__ == wf.fn.__module__
+                and existing.fn.__qualname__ == wf.fn.__qualname__
+            )
+            if not same_place:
+                self.duplicates.append((existing, wf))
+                return
+        self._workflows[wf.id] = wf
+
+    def unregister(self, workflow_id: str) -> None:
+        self._workflows.pop(workflow_id, None)
+
+    def get(self, workflow_id: str) -> Workflow:
+        try:
+            return self._workflows[workflow_id]
+        except KeyError:
+            raise WorkflowNotFoundError(
+                f"no workflow is registered with id {workflow_id!r}; registered: "
+                f"{sorted(self._workflows) or 'none'}. Is its workflows.py in an installed app?"
+            ) from None
+
+    def all(self) -> list[Workflow]:
+        return list(self._workflows.values())
+
+    def matching(self, event: Event) -> list[Workflow]:
+        return [wf for wf in self._workflows.values() if wf.matches(event)]
+
+
+registry = Registry()
+
+
+def _triggers(trigger: Any, workflow_id: str) -> list[TriggerEvent]:
+    items = trigger if isinstance(trigger, list | tuple) else [trigger]
+    result: list[TriggerEvent] = []
+    for item in items:
+        if isinstance(item, str):
+            result.append(TriggerEvent(item))
+        elif isinstance(item, TriggerEvent):
+            result.append(item)
+        else:
+            raise ConfigurationError(
+                f"workflow {workflow_id!r}: a trigger is an event name or a TriggerEvent, "
+                f"not {item!r}"
+            )
+    if not result:
+        raise ConfigurationError(f"workflow {workflow_id!r} needs at least one trigger")
+    return result
+
+
+@overload
+def workflow(
+    *,
+    id: str,
+    trigger: str | TriggerEvent | list[str | TriggerEvent],
+    retries: int | None = None,
+    schema: type[BaseModel] | None = None,
+    **options: Any,
+) -> Callable[[F], F]: ...
+
+
+@overload
+def workflow(*args: Any, **kwargs: Any) -> Callable[[F], F]: ...
+
+
+def workflow(
+    *args: Any,
+    id: str | None = None,
+    trigger: Any = None,
+    retries: int | None = None,
+    schema: type[BaseModel] | None = None,
+    **options: Any,
+) -> Callable[[F], F]:
+    """Declare a workflow triggered by events.
+
+    A plain ``def fn(ctx, step)`` gets a :class:`StepSync`; an ``async def``
+    gets a :class:`Step`. ``retries`` overrides ``STEPFLOWS["RETRIES"]`` for
+    this workflow's steps; ``schema`` (a pydantic model) validates event data
+    at :func:`stepflows.send` and is what ``ctx.event.data`` holds in the run.
+    The decorated function is returned unchanged, so it stays testable.
+    """
+    if args:
+        raise ConfigurationError(
+            "use @stepflows.workflow(id=..., trigger=...) with keyword arguments"
+        )
+    if not isinstance(id, str) or not id:
+        raise ConfigurationError("@stepflows.workflow needs id='a-non-empty-string'")
+    triggers = _triggers(trigger, id)
+    if retries is not None and (not isinstance(retries, int) or retries < 0):
+        raise ConfigurationError(f"workflow {id!r}: retries must be a whole number >= 0")
+    if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise ConfigurationError(f"workflow {id!r}: schema must be a pydantic BaseModel class")
+
+    def decorator(fn: F) -> F:
+        wf = Workflow(
+            id=id, fn=fn, triggers=triggers, retries=retries, schema=schema, options=options
+        )
+        registry.register(wf)
+        fn.stepflows_workflow = wf  # type: ignore[attr-defined]
+        return fn
+
+    return decorator

@@ -1,0 +1,39 @@
+"""Thin Celery tasks: each calls the engine.
+
+Registered with ``shared_task`` so they bind to the project's Celery app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from . import engine
+
+TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": False,
+}
+
+
+@shared_task(name="stepflows.execute_run", ignore_result=True, acks_late=True,
+             reject_on_worker_lost=True)
+def execute_run(run_id: str) -> None:
+    """Invoke a run's workflow function (its first invocation, or after a retry delay)."""
+    engine.execute_run(run_id)
+
+
+@shared_task(name="stepflows.resume_run", **TASK_OPTIONS)
+def resume_run(run_id: str) -> None:
+    """Chord callback of a parallel group: re-invoke the run with every step's output."""
+    engine.execute_run(run_id)
+
+
+@shared_task(name="stepflows.run_step", bind=True, max_retries=None, **TASK_OPTIONS)
+def run_step(self: Any, run_id: str, step_id: str, position: int, group: int) -> None:
+    """Run one step of a parallel group; retried on its own until it finishes."""
+    outcome = engine.execute_step_task(run_id, step_id, position, group)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
