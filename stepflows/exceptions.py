@@ -104,9 +104,11 @@ class StepError(StepflowsError):
         self.traceback = traceback
 
     def as_dict(self) -> dict[str, str]:
+        """The run's ``error`` when this propagates out of the workflow."""
         return {
-            "type": self.error_type,
-            "message": self.error_message,
+            "type": "StepError",
+            "message": str(self),
             "traceback": self.traceback,
             "step_id": self.step_id,
+            "step_error_type": self.error_type,
         }

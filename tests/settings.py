@@ -1,0 +1,48 @@
+"""Test settings: the project's, plus test workflows, quick retries, isolated backends.
+
+STEPFLOWS_TEST_DATABASE_URL / STEPFLOWS_TEST_BROKER_URL choose the backends
+(default: SQLite and the filesystem broker under var/test-runs/). Each test
+session uses its own queue and folders, so sessions never share messages.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from project.backends import broker_from_url, database_from_url
+from project.settings import *  # noqa: F403
+from project.settings import BASE_DIR, INSTALLED_APPS
+
+SESSION = os.environ.setdefault("STEPFLOWS_TEST_SESSION", uuid.uuid4().hex[:10])
+SESSION_DIR = BASE_DIR / "var" / "test-runs" / SESSION
+SESSION_DIR.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("STEPFLOWS_TEST_MARKS", str(SESSION_DIR / "marks"))
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+
+_db_url = os.environ.get("STEPFLOWS_TEST_DATABASE_URL") or f"sqlite:///{SESSION_DIR / 'db.sqlite3'}"
+DATABASES = {"default": database_from_url(_db_url)}
+if os.environ.get("STEPFLOWS_TEST_WORKER"):
+    # A worker process connects to the test database the test session created.
+    DATABASES["default"]["TEST"] = {}
+
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_from_url(
+    os.environ.get("STEPFLOWS_TEST_BROKER_URL") or f"filesystem://{SESSION_DIR / 'broker'}"
+)
+CELERY_TASK_DEFAULT_QUEUE = f"stepflows-test-{SESSION}"
+
+STEPFLOWS = {
+    "RETRY_BASE_DELAY": 0.05,
+    "RETRY_MAX_DELAY": 0.4,
+    "LEASE_SECONDS": 60,
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"stepflows": {"level": "INFO"}},
+}
