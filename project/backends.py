@@ -42,10 +42,19 @@ def database_from_url(url: str) -> dict[str, Any]:
     raise ValueError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite or postgres)")
 
 
+FILESYSTEM_TRANSPORT = "stepflows.filesystem_broker:Transport"
+
+
+def broker_transport(url: str) -> str | None:
+    """The kombu transport class for a broker URL (None: kombu picks by scheme)."""
+    return FILESYSTEM_TRANSPORT if urlsplit(url).scheme == "filesystem" else None
+
+
 def broker_from_url(url: str) -> tuple[str, dict[str, Any]]:
     """The broker URL Celery gets, and its transport options.
 
-    ``filesystem:///abs/dir`` keeps messages in files under that folder.
+    ``filesystem:///abs/dir`` keeps messages in files under that folder, with
+    stepflows' multi-process-safe filesystem transport.
     """
     parts = urlsplit(url)
     if parts.scheme == "filesystem":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backends import broker_from_url, database_from_url
+from .backends import broker_from_url, broker_transport, database_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("STEPFLOWS_VAR_DIR", BASE_DIR / "var"))
@@ -78,9 +78,9 @@ STATIC_URL = "static/"
 
 # Celery: JSON only, acknowledge after the task ran, give a killed worker's
 # task back to the queue, and take one message at a time per process.
-CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_from_url(
-    os.environ.get("CELERY_BROKER_URL") or f"filesystem://{VAR_DIR / 'broker'}"
-)
+_broker_url = os.environ.get("CELERY_BROKER_URL") or f"filesystem://{VAR_DIR / 'broker'}"
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_from_url(_broker_url)
+CELERY_BROKER_TRANSPORT = broker_transport(_broker_url)
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

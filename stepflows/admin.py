@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from .models import Event, Run, Step
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -21,11 +21,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
-class StepInline(admin.TabularInline):  # type: ignore[type-arg]
+class StepInline(admin.TabularInline):
     model = Step
     extra = 0
     can_delete = False
-    fields = ("position", "step_id", "status", "attempt_count", "started_at", "ended_at", "output_bytes")
+    fields = (
+        "position",
+        "step_id",
+        "status",
+        "attempt_count",
+        "started_at",
+        "ended_at",
+        "output_bytes",
+    )
     readonly_fields = fields
     ordering = ("position",)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
@@ -21,9 +22,14 @@ from . import dispatch
 from .conf import get_settings
 from .engine.serialization import to_json
 from .events import NAME_PATTERN, Event
-from .exceptions import EventValidationError, InvalidEventError, OutputSerializationError
+from .exceptions import (
+    EventValidationError,
+    InvalidEventError,
+    OutputSerializationError,
+    RunStateError,
+)
+from .models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
 from .models import Event as EventRow
-from .models import Run
 from .registry import Workflow, registry
 
 EventLike = Event | dict[str, Any]
@@ -52,7 +58,9 @@ def _as_events(event: Any, data: Any, id: str | None, ts: datetime | None) -> li
 
 def _build(fields: Any) -> Event:
     if not isinstance(fields, dict):
-        raise InvalidEventError(f"an event is an Event or a dict with name and data, not {fields!r}")
+        raise InvalidEventError(
+            f"an event is an Event or a dict with name and data, not {fields!r}"
+        )
     fields = {k: v for k, v in fields.items() if v is not None or k == "data"}
     try:
         return Event(**fields)
@@ -196,3 +204,110 @@ def send_from_run(events: Any, *, run_id: str, id_prefix: str) -> list[str]:
         for i, e in enumerate(items)
     ]
     return _send(numbered, source_run_id=run_id)
+
+
+# -- managing runs -------------------------------------------------------------------
+
+
+def _run(run: Run | Any) -> Run:
+    return run if isinstance(run, Run) else Run.objects.get(pk=run)
+
+
+def retry_run(run: Run | Any) -> Run:
+    """Resume a failed run where it failed.
+
+    Steps that succeeded keep their outputs; steps that failed for good get a
+    fresh retry budget and run again. Raises :class:`RunStateError` when the
+    run has not failed.
+    """
+    run_id = _run(run).pk
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run_id)
+        if locked.status != RunStatus.FAILED:
+            raise RunStateError(
+                f"run {run_id} of workflow {locked.workflow_id!r} is {locked.status}; "
+                "only failed runs can be retried (rerun it to start again from the top)"
+            )
+        Step.objects.filter(run_id=run_id, status=StepStatus.FAILED).update(
+            status=StepStatus.SCHEDULED,
+            error=None,
+            retry_at=None,
+            ended_at=None,
+            attempts_base=F("attempt_count"),
+        )
+        Run.objects.filter(pk=run_id).update(
+            status=RunStatus.QUEUED,
+            error=None,
+            output=None,
+            ended_at=None,
+            attempts=0,
+            lease_owner="",
+            lease_expires_at=None,
+            resumes=F("resumes") + 1,
+        )
+        transaction.on_commit(lambda: dispatch.execute_run(run_id), robust=True)
+    return Run.objects.get(pk=run_id)
+
+
+def rerun(run: Run | Any) -> Run:
+    """Start a new run of the same workflow for the same event, from the top."""
+    original = _run(run)
+    registry.get(original.workflow_id)
+    with transaction.atomic():
+        new = Run.objects.create(
+            workflow_id=original.workflow_id,
+            event_id=original.event_id,
+            parent_id=original.parent_id,
+        )
+        transaction.on_commit(lambda: dispatch.execute_run(new.pk), robust=True)
+    return new
+
+
+def cancel_run(run: Run | Any, *, reason: str = "cancelled") -> bool:
+    """Cancel a queued, running or waiting run; False when it had already finished.
+
+    A running run stops before its next step; a step already running finishes.
+    """
+    run_id = _run(run).pk
+    return bool(
+        Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
+            status=RunStatus.CANCELLED,
+            ended_at=timezone.now(),
+            error={"type": "Cancelled", "message": reason, "traceback": ""},
+            lease_owner="",
+            lease_expires_at=None,
+        )
+    )
+
+
+def replay_event(event: EventRow | str) -> list[Run]:
+    """Start fresh runs of an event for the workflows it triggers now.
+
+    The new runs belong to the same event; earlier runs are left untouched.
+    """
+    return replay_events([event])
+
+
+def replay_events(events: Iterable[EventRow | str]) -> list[Run]:
+    """:func:`replay_event` for many events, in one transaction."""
+    rows = [e if isinstance(e, EventRow) else EventRow.objects.get(pk=e) for e in events]
+    runs: list[Run] = []
+    for row in rows:
+        probe = Event(name=row.name, data=row.data, id=row.id, ts=row.ts)
+        for wf in registry.matching(probe):
+            if wf.schema is not None:
+                try:
+                    wf.schema.model_validate(row.data)
+                except ValidationError as exc:
+                    raise EventValidationError(
+                        f"event {row.id} ({row.name!r}) no longer matches the schema "
+                        f"{wf.schema.__name__} of workflow {wf.id!r}: {exc}. Nothing was started.",
+                        workflow_id=wf.id,
+                        errors=[dict(e) for e in exc.errors(include_url=False)],
+                    ) from None
+            runs.append(Run(workflow_id=wf.id, event_id=row.id, parent_id=row.source_run_id))
+    with transaction.atomic():
+        Run.objects.bulk_create(runs)
+        run_ids = [r.pk for r in runs]
+        transaction.on_commit(lambda: _dispatch_all(run_ids), robust=True)
+    return runs

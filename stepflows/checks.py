@@ -49,7 +49,8 @@ def check_workflows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
         except (TypeError, ValueError):
             continue
         positional = [
-            p for p in params
+            p
+            for p in params
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
         ]
         varargs = any(p.kind == p.VAR_POSITIONAL for p in params)

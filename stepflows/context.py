@@ -9,23 +9,27 @@ from typing import Any
 from .events import Event
 
 
-class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ReplayAwareLogger(logging.LoggerAdapter):
     """A logger that stays quiet while the workflow replays finished steps.
 
     Code outside steps runs again on every invocation; without this, each
     replay would log the same lines again.
     """
 
-    def __init__(self, logger: logging.Logger, extra: dict[str, Any], replaying: Callable[[], bool]):
+    def __init__(
+        self, logger: logging.Logger, extra: dict[str, Any], replaying: Callable[[], bool]
+    ):
         super().__init__(logger, extra)
         self._replaying = replaying
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+    def isEnabledFor(self, level: int) -> bool:
         if self._replaying():
             return False
         return super().isEnabledFor(level)
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs.setdefault("extra", {}).update(self.extra or {})
         return msg, kwargs
 

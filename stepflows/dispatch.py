@@ -22,7 +22,7 @@ def execute_run(run_id: Any, *, countdown: float | None = None) -> None:
     options = _options()
     if countdown:
         options["countdown"] = countdown
-    task.apply_async(args=[str(run_id)], **options)
+    task.apply_async(args=(str(run_id),), **options)
 
 
 def parallel_group(run_id: Any, planned: list[PlannedStep]) -> None:

@@ -34,6 +34,10 @@ class EventValidationError(InvalidEventError):
         self.errors = errors
 
 
+class RunStateError(StepflowsError):
+    """The run is not in a state that allows this action."""
+
+
 class WorkflowNotFoundError(StepflowsError, LookupError):
     """No workflow is registered under this id: is its `workflows.py` in an installed app?"""
 

@@ -83,9 +83,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(status=RunStatus.FAILED)
 
     def finished(self) -> RunQuerySet:
-        return self.filter(
-            status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
-        )
+        return self.filter(status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED])
 
     def lease_free(self, now: datetime) -> RunQuerySet:
         """Runs no live worker holds: never leased, released, or with an expired lease."""
@@ -118,6 +116,8 @@ class Run(models.Model):
     ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
     # Failed attempts of the workflow code itself (outside steps).
     attempts = models.PositiveIntegerField(_("workflow attempts"), default=0)
+    # Times staff resumed this run after it failed (stepflows.api.retry_run).
+    resumes = models.PositiveIntegerField(_("resumes"), default=0)
     # The worker executing the run holds the lease until it expires; another
     # invocation of the same run leaves it alone until then.
     lease_owner = models.CharField(max_length=100, blank=True, default="")
@@ -154,7 +154,9 @@ class Run(models.Model):
 class Step(models.Model):
     """A step of a run: its memoized output or error, and every attempt."""
 
-    run = models.ForeignKey(Run, verbose_name=_("run"), on_delete=models.CASCADE, related_name="steps")
+    run = models.ForeignKey(
+        Run, verbose_name=_("run"), on_delete=models.CASCADE, related_name="steps"
+    )
     step_id = models.CharField(_("step id"), max_length=255)
     # Order of the step call in the workflow function; replays must meet the
     # same step ids in the same order.
@@ -172,6 +174,9 @@ class Step(models.Model):
     # Each attempt: {"number", "started_at", "ended_at", "error", "worker"}.
     attempts = models.JSONField(_("attempts"), default=list, blank=True)
     attempt_count = models.PositiveIntegerField(_("attempt count"), default=0)
+    # Attempts made before the last manual retry of the run: the retry budget
+    # counts only the attempts after it.
+    attempts_base = models.PositiveIntegerField(_("attempts before last retry"), default=0)
     # When a retry of a failed attempt is due.
     retry_at = models.DateTimeField(_("retry at"), null=True, blank=True)
 

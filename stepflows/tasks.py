@@ -18,8 +18,9 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-@shared_task(name="stepflows.execute_run", ignore_result=True, acks_late=True,
-             reject_on_worker_lost=True)
+@shared_task(
+    name="stepflows.execute_run", ignore_result=True, acks_late=True, reject_on_worker_lost=True
+)
 def execute_run(run_id: str) -> None:
     """Invoke a run's workflow function (its first invocation, or after a retry delay)."""
     engine.execute_run(run_id)

@@ -51,13 +51,25 @@ class CeleryWorker:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "celery", "-A", self.app, "worker",
-            "--pool", "prefork",
-            "--concurrency", str(self.concurrency),
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--loglevel", "INFO",
-            "--hostname", f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
-            "--logfile", str(self.logfile),
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(self.concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+            "--logfile",
+            str(self.logfile),
         ]
         if self.queues:
             cmd += ["--queues", self.queues]
@@ -87,7 +99,9 @@ class CeleryWorker:
                     return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"celery worker not ready after {self.ready_timeout}s; see {self.logfile}")
+        raise RuntimeError(
+            f"celery worker not ready after {self.ready_timeout}s; see {self.logfile}"
+        )
 
     def child_pids(self) -> list[int]:
         """Process ids of the pool's child processes."""
@@ -127,7 +141,10 @@ class CeleryWorker:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from project.backends import broker_from_url, database_from_url
+from project.backends import broker_from_url, broker_transport, database_from_url
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR, INSTALLED_APPS
 
@@ -27,9 +27,11 @@ if os.environ.get("STEPFLOWS_TEST_WORKER"):
     # A worker process connects to the test database the test session created.
     DATABASES["default"]["TEST"] = {}
 
-CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_from_url(
+_broker_url = (
     os.environ.get("STEPFLOWS_TEST_BROKER_URL") or f"filesystem://{SESSION_DIR / 'broker'}"
 )
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_from_url(_broker_url)
+CELERY_BROKER_TRANSPORT = broker_transport(_broker_url)
 CELERY_TASK_DEFAULT_QUEUE = f"stepflows-test-{SESSION}"
 
 STEPFLOWS = {

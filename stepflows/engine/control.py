@@ -20,7 +20,7 @@ class PlannedStep:
     is_new: bool
 
 
-class Suspend(BaseException):  # noqa: N818 - a signal, not an error
+class Suspend(BaseException):
     """Stop this invocation; the run goes on later.
 
     ``countdown``: re-invoke the run after that many seconds (a step retry).
@@ -35,6 +35,10 @@ class Suspend(BaseException):  # noqa: N818 - a signal, not an error
         self.planned = planned or []
 
 
+class Cancelled(BaseException):
+    """The run was cancelled: stop before the next step."""
+
+
 @dataclass
 class StepOutcome:
     """What one attempt of a step came to."""
@@ -46,7 +50,7 @@ class StepOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class TargetReached(BaseException):  # noqa: N818 - a signal, not an error
+class TargetReached(BaseException):
     """A step task ran its own step; the rest of the workflow is not its business."""
 
     def __init__(self, outcome: StepOutcome) -> None:

@@ -35,7 +35,7 @@ from ..exceptions import (
 from ..models import Run, StepStatus
 from ..registry import Workflow
 from . import recording
-from .control import PlannedStep, StepOutcome, Suspend, TargetReached
+from .control import Cancelled, PlannedStep, StepOutcome, Suspend, TargetReached
 from .memo import Memo, StepRecord
 from .retry import delay_for
 from .serialization import restore, return_type, to_json
@@ -201,7 +201,9 @@ class Invocation:
 
     def _check_id(self, base_id: Any) -> None:
         if not isinstance(base_id, str) or not base_id:
-            raise StepUsageError(f"{self.where()}: a step id must be a non-empty string, got {base_id!r}")
+            raise StepUsageError(
+                f"{self.where()}: a step id must be a non-empty string, got {base_id!r}"
+            )
         if ":" in base_id:
             raise StepUsageError(
                 f"{self.where()}: step id {base_id!r} contains ':', which stepflows keeps for "
@@ -228,6 +230,7 @@ class Invocation:
         early = self._before_attempt(call)
         if early is not _RUN:
             return early
+        self._still_ours()
         outcome = self.attempt_sync(call)
         return self._after_attempt(call, outcome)
 
@@ -238,6 +241,7 @@ class Invocation:
         early = self._before_attempt(call)
         if early is not _RUN:
             return early
+        await sync_to_async(self._still_ours)()
         outcome = await self.attempt_async(call)
         return self._after_attempt(call, outcome)
 
@@ -266,7 +270,6 @@ class Invocation:
             wait = (record.retry_at - timezone.now()).total_seconds()
             if wait > 0.05:
                 raise self.suspend(Suspend(countdown=wait))
-        self._renew_lease()
         return _RUN
 
     def _after_attempt(self, call: StepCall, outcome: StepOutcome) -> Any:
@@ -277,6 +280,14 @@ class Invocation:
         if outcome.error is not None:
             raise outcome.error
         raise self.suspend(Suspend(countdown=outcome.retry_in))
+
+    def _still_ours(self) -> None:
+        """Before a new inline step: stop if the run was cancelled; keep the lease alive."""
+        if self.target is not None:
+            return
+        if recording.is_cancelled(self.run_id):
+            raise Cancelled()
+        self._renew_lease()
 
     def _renew_lease(self) -> None:
         if self.token is None:
@@ -289,7 +300,7 @@ class Invocation:
     # -- attempts -----------------------------------------------------------------
 
     def _start(self, call: StepCall) -> Any:
-        self.ctx.attempt = call.record.attempt_count if call.record else 0
+        self.ctx.attempt = call.record.attempt_number if call.record else 0
         self.current_step = call.step_id
         return timezone.now()
 
@@ -323,7 +334,9 @@ class Invocation:
         self.current_step = None
         return await sync_to_async(self.record_success)(call, started, value)
 
-    def _attempt_entry(self, call: StepCall, started: Any, error: dict[str, Any] | None) -> dict[str, Any]:
+    def _attempt_entry(
+        self, call: StepCall, started: Any, error: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "number": call.record.attempt_count if call.record else 0,
             "started_at": started.isoformat(),
@@ -344,7 +357,9 @@ class Invocation:
         retry_at: Any = None,
     ) -> StepRecord:
         prev = call.record
-        entry = self._attempt_entry(call, started, error if status != StepStatus.COMPLETED else None)
+        entry = self._attempt_entry(
+            call, started, error if status != StepStatus.COMPLETED else None
+        )
         record = StepRecord(
             step_id=call.step_id,
             position=call.position,
@@ -357,6 +372,7 @@ class Invocation:
             attempt_count=(prev.attempt_count if prev else 0) + 1,
             retry_at=retry_at,
             started_at=(prev.started_at if prev and prev.started_at else started),
+            attempts_base=prev.attempts_base if prev else 0,
         )
         stored = recording.save_step(self.run_id, record, exists=prev is not None)
         self.memo.put(stored)
@@ -378,19 +394,19 @@ class Invocation:
         old = call.record.output_bytes if call.record else 0
         total = self.memo.state_bytes - old + size
         if total > self.max_state:
-            exc = LimitExceededError(
+            too_big = LimitExceededError(
                 f"{self.where(call.step_id)}: its output of {size} bytes would bring the run's "
                 f"stored outputs to {total} bytes, over STEPFLOWS['MAX_STATE_BYTES'] = "
                 f"{self.max_state}. Store large data elsewhere and return a reference to it."
             )
-            return self.record_failure(call, started, exc)
+            return self.record_failure(call, started, too_big)
         stored = self._record(
             call, started, status=StepStatus.COMPLETED, output=data, output_bytes=size
         )
         return self._outcome(call, stored, None)
 
     def record_failure(self, call: StepCall, started: Any, exc: Exception) -> StepOutcome:
-        number = call.record.attempt_count if call.record else 0
+        number = call.record.attempt_number if call.record else 0
         error = error_dict(exc)
         final = isinstance(exc, FINAL_ERRORS) or number >= self.retries
         if final:

@@ -23,6 +23,7 @@ FIELDS = (
     "attempt_count",
     "retry_at",
     "started_at",
+    "attempts_base",
 )
 
 
@@ -39,6 +40,12 @@ class StepRecord:
     attempt_count: int = 0
     retry_at: datetime | None = None
     started_at: datetime | None = None
+    attempts_base: int = 0
+
+    @property
+    def attempt_number(self) -> int:
+        """0-based number of the next attempt, counted since the last manual retry."""
+        return self.attempt_count - self.attempts_base
 
     @property
     def is_finished(self) -> bool:
@@ -80,7 +87,9 @@ class Memo:
         return record is not None and record.is_finished
 
 
-def load_memo(run_id: Any, *, before_group: int | None = None, plus_step: str | None = None) -> Memo:
+def load_memo(
+    run_id: Any, *, before_group: int | None = None, plus_step: str | None = None
+) -> Memo:
     """All steps of a run in one query.
 
     A step task passes ``before_group`` (and its own ``plus_step``): it only

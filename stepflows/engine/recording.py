@@ -67,6 +67,11 @@ def renew_lease(run_id: Any, token: str) -> bool:
     )
 
 
+def is_cancelled(run_id: Any) -> bool:
+    status = Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+    return status in (None, RunStatus.CANCELLED)
+
+
 def finish_run(
     run_id: Any,
     token: str,
@@ -160,6 +165,7 @@ def _values(rec: StepRecord, ended: Any) -> dict[str, Any]:
         "retry_at": rec.retry_at,
         "started_at": rec.started_at,
         "ended_at": ended,
+        "attempts_base": rec.attempts_base,
     }
 
 
@@ -184,7 +190,10 @@ def save_step(run_id: Any, rec: StepRecord, *, exists: bool) -> StepRecord:
                     )
             else:
                 Step.objects.create(
-                    run_id=run_id, step_id=rec.step_id, position=rec.position, group=rec.group,
+                    run_id=run_id,
+                    step_id=rec.step_id,
+                    position=rec.position,
+                    group=rec.group,
                     **values,
                 )
             return rec

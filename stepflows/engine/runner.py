@@ -19,7 +19,7 @@ from ..exceptions import (
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus
 from ..registry import Workflow, registry
 from . import recording
-from .control import StepOutcome, Suspend, TargetReached
+from .control import Cancelled, StepOutcome, Suspend, TargetReached
 from .invocation import FINAL_ERRORS, Invocation, StepCall, Target, error_dict
 from .memo import load_memo
 from .retry import delay_for
@@ -70,6 +70,9 @@ def execute_run(run_id: Any) -> None:
     except Suspend as signal:
         _suspend(inv, signal)
         return
+    except Cancelled:
+        logger.info("%s: cancelled; stopped before its next step", inv.where())
+        return
     except StepError as exc:
         recording.finish_run(run.id, token, RunStatus.FAILED, error=exc.as_dict() | _tb(exc))
         return
@@ -97,9 +100,7 @@ def _tb(exc: StepError) -> dict[str, Any]:
 
 def _suspend(inv: Invocation, signal: Suspend) -> None:
     assert inv.token is not None
-    recording.suspend_run(
-        inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown
-    )
+    recording.suspend_run(inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown)
 
 
 def _retry_or_fail(inv: Invocation, exc: Exception) -> None:
@@ -111,7 +112,10 @@ def _retry_or_fail(inv: Invocation, exc: Exception) -> None:
         return
     logger.warning(
         "%s: workflow code raised %s (attempt %d of %d); retrying",
-        inv.where(), type(exc).__name__, attempts + 1, inv.retries + 1,
+        inv.where(),
+        type(exc).__name__,
+        attempts + 1,
+        inv.retries + 1,
     )
     recording.suspend_run(
         inv.run.id, inv.token, planned=[], countdown=delay_for(exc, attempts), attempts=attempts + 1

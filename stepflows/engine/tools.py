@@ -21,7 +21,9 @@ def _sender(inv: Invocation, events: EventsArg) -> Callable[[], list[str]]:
         from ..api import send_from_run
 
         assert inv.current_step is not None
-        return send_from_run(events, run_id=inv.run_id, id_prefix=f"{inv.run_id}:{inv.current_step}")
+        return send_from_run(
+            events, run_id=inv.run_id, id_prefix=f"{inv.run_id}:{inv.current_step}"
+        )
 
     return send_events
 
@@ -39,7 +41,7 @@ class StepSync:
         output is returned without calling ``fn``. A failing ``fn`` is retried
         with backoff; when it fails for good, :class:`StepError` is raised here.
         """
-        return self._inv.run_sync(step_id, fn, args, kwargs)  # type: ignore[no-any-return]
+        return self._inv.run_sync(step_id, fn, args, kwargs)
 
     def parallel(self, *callables: Callable[[], Any]) -> tuple[Any, ...]:
         """Run several steps at once on Celery workers; return their outputs in order.
@@ -77,4 +79,4 @@ class Step:
 
     async def send_event(self, step_id: str, events: EventsArg) -> list[str]:
         """Send one or many events as a memoized step; returns the event ids."""
-        return await self.run(step_id, _sender(self._inv, events))  # type: ignore[no-any-return]
+        return await self.run(step_id, _sender(self._inv, events))

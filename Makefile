@@ -1,0 +1,37 @@
+# stepflows: durable step workflows for Django, run by Celery.
+# `make demo` and `make test` work from a fresh clone: they create .venv and install.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8000
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: migrate the embedded default, start a worker and the dev server, send sample events
+demo: $(STAMP)
+	PORT=$(PORT) $(BIN)/python manage.py demo --port $(PORT)
+
+## test: the whole suite (embedded default; PostgreSQL / Redis / RabbitMQ with
+## STEPFLOWS_TEST_DATABASE_URL and STEPFLOWS_TEST_BROKER_URL)
+test: $(STAMP)
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check stepflows project tests
+	$(BIN)/mypy stepflows project
+
+clean:
+	rm -rf var/test-runs .pytest_cache .mypy_cache .ruff_cache

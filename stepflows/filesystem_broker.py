@@ -1,0 +1,72 @@
+"""kombu's filesystem transport, made safe for several processes.
+
+The embedded default broker keeps each message in a file. kombu's own
+transport writes a message file in place (a consumer can read it half-written
+and the worker dies on a JSON error) and claims it by moving it to the
+system's temp folder (not atomic across file systems, so two consumers can
+both take it). This transport writes to a hidden temporary file and renames
+it into place, and claims a message with one atomic rename next to the queue.
+
+Use it with ``CELERY_BROKER_TRANSPORT = "stepflows.filesystem_broker:Transport"``
+and ``broker_url = "filesystem://"``; ``project/backends.py`` does so.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from queue import Empty
+from typing import Any
+
+from kombu.transport import filesystem
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        name = f"{uuid.uuid4()}.{queue}.msg"
+        # time.monotonic_ns() keeps files in sending order when sorted by name.
+        final = os.path.join(self.data_folder_out, f"{_now_ns()}_{name}")
+        temp = os.path.join(self.data_folder_out, f".tmp-{name}")
+        with open(temp, "wb") as f:
+            f.write(str_to_bytes(dumps(payload)))
+        os.replace(temp, final)
+
+    def _claimed_folder(self) -> str:
+        folder = (
+            self.processed_folder
+            if self.store_processed
+            else os.path.join(self.data_folder_in, ".claimed")
+        )
+        os.makedirs(folder, exist_ok=True)
+        return str(folder)
+
+    def _get(self, queue: str) -> Any:
+        wanted = f"{queue}.msg"
+        claimed = self._claimed_folder()
+        for filename in sorted(os.listdir(self.data_folder_in)):
+            if filename.startswith(".") or filename.partition(".")[2] != wanted:
+                continue
+            target = os.path.join(claimed, filename)
+            try:
+                # One atomic rename: exactly one consumer wins the message.
+                os.rename(os.path.join(self.data_folder_in, filename), target)
+            except FileNotFoundError:
+                continue
+            with open(target, "rb") as f:
+                payload = f.read()
+            if not self.store_processed:
+                os.remove(target)
+            return loads(bytes_to_str(payload))
+        raise Empty()
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
