@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import traceback
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,11 @@ from .retry import delay_for
 from .serialization import restore, return_type, to_json
 
 MAX_TRACEBACK_CHARS = 20_000
+
+# The step whose function is running. A context variable, not an attribute:
+# in experimental async mode several asyncio tasks share one invocation, and
+# only code inside a step's own task is "inside" that step.
+_current_step: ContextVar[str | None] = ContextVar("stepflows_current_step", default=None)
 
 # Errors that no retry can mend.
 FINAL_ERRORS = (
@@ -124,16 +130,32 @@ class Invocation:
         self.lease_renew_at = timezone.now() + timedelta(seconds=conf.LEASE_SECONDS / 2)
         self.counters: dict[str, int] = {}
         self.position = 0
-        self.current_step: str | None = None
         self.plan: Plan | None = None
         self.forced: Target | None = None
         self.suspended: Suspend | None = None
+        # In a step task: the outcome of its step, once it ran.
+        self.reached: StepOutcome | None = None
+        # experimental_execution=True: asyncio.gather / asyncio.wait of step.run
+        # calls become parallel groups.
+        self.scheduler: Any = None
+        if workflow.is_async and workflow.experimental_execution:
+            from .experimental import GatherScheduler
+
+            self.scheduler = GatherScheduler(self)
         self.ctx = Context(
             event=event,
             run_id=self.run_id,
             workflow_id=workflow.id,
             replaying=self._replaying,
         )
+
+    @property
+    def current_step(self) -> str | None:
+        return _current_step.get()
+
+    @current_step.setter
+    def current_step(self, step_id: str | None) -> None:
+        _current_step.set(step_id)
 
     # -- where ----------------------------------------------------------------
 
@@ -237,6 +259,8 @@ class Invocation:
     async def run_async(
         self, base_id: Any, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        if self.scheduler is not None and self.plan is None:
+            return await self.scheduler.run(base_id, fn, args, kwargs)
         call = self.new_call(base_id, fn, args, kwargs)
         early = self._before_attempt(call)
         if early is not _RUN:
@@ -274,6 +298,7 @@ class Invocation:
 
     def _after_attempt(self, call: StepCall, outcome: StepOutcome) -> Any:
         if self.target is not None:
+            self.reached = outcome
             raise TargetReached(outcome)
         if outcome.completed:
             return outcome.value

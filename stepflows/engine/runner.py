@@ -159,8 +159,12 @@ def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> S
     except Suspend:
         pass
     except Exception as exc:
-        _fail_target(run, step_id, position, group, exc)
-        return done
+        if inv.reached is None:
+            _fail_target(run, step_id, position, group, exc)
+            return done
+    if inv.reached is not None:
+        # The step ran; the workflow went on past it (asyncio.wait) and ended.
+        return inv.reached
     _fail_target(
         run,
         step_id,

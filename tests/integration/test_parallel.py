@@ -108,3 +108,27 @@ def test_group_over_the_step_limit_fails_before_dispatch(run_event):
     assert run.error["type"] == "LimitExceededError"
     assert "1001" in run.error["message"]
     assert Step.objects.filter(run=run).count() == 0
+
+
+def test_experimental_gather_and_wait_run_as_parallel_groups(run_event, key):
+    run = run_event("test/gather", {"key": key})
+    assert run.status == RunStatus.COMPLETED, run.error
+    out = run.output
+    assert out["first"] == 1 and out["last"] == "end"
+    assert out["pids"][0] != out["pids"][1] and out["overlap"] is True
+    assert out["chunks"] == [f"C{i}" for i in range(5)]
+    assert out["race_done"] == ["a", "b"]  # resumed once the whole group finished
+    steps = steps_of(run)
+    assert steps["left"].group == steps["right"].group == steps["left"].position
+    assert steps["chunk:4"].group == steps["chunk"].position
+    assert steps["first"].group is None and steps["last"].group is None
+    for name in ("first", "left", "right", "race-a", "race-b", "last"):
+        assert count(f"{key}-{name}") == 1, name
+
+
+def test_experimental_gather_with_a_failing_step(run_event, key):
+    run = run_event("test/gather-fail", {"key": key})
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == {"ok": 1, "error": "StepError"}
+    assert steps_of(run)["doomed"].attempt_count == 5
+    assert count(f"{key}-ok") == 1

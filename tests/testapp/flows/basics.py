@@ -269,6 +269,46 @@ def resumable(ctx: stepflows.Context, step: stepflows.StepSync) -> list[Any]:
 @stepflows.workflow(id="t-slow-steps", trigger="test/slow-steps")
 def slow_steps(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
     key = ctx.event.data["key"]
-    for i in range(ctx.event.data.get("steps", 20)):
+    steps = ctx.event.data.get("steps", 20)
+    for _ in range(steps):
         step.run("slow", _sleep_and_mark, f"{key}-slow", 0.2)
-    return i
+    return steps
+
+
+# -- experimental asyncio execution -------------------------------------------------
+
+
+@stepflows.workflow(id="t-gather", trigger="test/gather", experimental_execution=True)
+async def gather(ctx: stepflows.Context, step: stepflows.Step) -> dict[str, Any]:
+    key = ctx.event.data["key"]
+    first = await step.run("first", _marked, f"{key}-first", 1)
+    left, right = await asyncio.gather(
+        step.run("left", _sleep_and_mark, f"{key}-left", 1.0),
+        step.run("right", _sleep_and_mark, f"{key}-right", 1.0),
+    )
+    chunks = await asyncio.gather(*[step.run("chunk", _summarize, f"c{i}") for i in range(5)])
+    tasks = [
+        asyncio.ensure_future(step.run("race-a", _marked, f"{key}-race-a", "a")),
+        asyncio.ensure_future(step.run("race-b", _marked, f"{key}-race-b", "b")),
+    ]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    last = await step.run("last", _marked, f"{key}-last", "end")
+    return {
+        "first": first,
+        "pids": [left["pid"], right["pid"]],
+        "overlap": left["start"] < right["end"] and right["start"] < left["end"],
+        "chunks": list(chunks),
+        "race_done": sorted(t.result() for t in done),
+        "last": last,
+    }
+
+
+@stepflows.workflow(id="t-gather-fail", trigger="test/gather-fail", experimental_execution=True)
+async def gather_fail(ctx: stepflows.Context, step: stepflows.Step) -> dict[str, Any]:
+    key = ctx.event.data["key"]
+    results = await asyncio.gather(
+        step.run("ok", _marked, f"{key}-ok", 1),
+        step.run("doomed", _always_fails, f"{key}-doomed"),
+        return_exceptions=True,
+    )
+    return {"ok": results[0], "error": type(results[1]).__name__}
