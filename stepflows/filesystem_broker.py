@@ -24,13 +24,13 @@ from kombu.utils.json import dumps, loads
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{uuid.uuid4()}.{queue}.msg"
         # time.monotonic_ns() keeps files in sending order when sorted by name.
         final = os.path.join(self.data_folder_out, f"{_now_ns()}_{name}")
         temp = os.path.join(self.data_folder_out, f".tmp-{name}")
         with open(temp, "wb") as f:
-            f.write(str_to_bytes(dumps(message)))
+            f.write(str_to_bytes(dumps(payload)))
         os.replace(temp, final)
 
     def _claimed_folder(self) -> str:
