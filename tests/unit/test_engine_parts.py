@@ -1,0 +1,67 @@
+"""Engine parts that need no database: backoff, serialization, the replay-aware logger."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from stepflows import RetryAfterError
+from stepflows.context import Context
+from stepflows.engine.retry import backoff, delay_for
+from stepflows.engine.serialization import restore, return_type, to_json
+from stepflows.events import Event
+from stepflows.exceptions import OutputSerializationError
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings):
+    settings.STEPFLOWS = {"RETRY_BASE_DELAY": 1.0, "RETRY_MAX_DELAY": 10.0}
+    for attempt, full in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 10.0)]:
+        delays = [backoff(attempt) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays)
+        assert len({round(d, 6) for d in delays}) > 100  # jittered, not fixed
+
+
+def test_retry_after_error_sets_the_delay():
+    assert delay_for(RetryAfterError("x", 7), 0) == 7.0
+    assert delay_for(RetryAfterError("x", timedelta(minutes=1)), 3) == 60.0
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    assert 28 < delay_for(RetryAfterError("x", when), 0) <= 30
+    with pytest.raises(TypeError):
+        RetryAfterError("x", "soon")  # type: ignore[arg-type]
+
+
+def test_to_json_measures_and_refuses_what_json_cannot_hold():
+    data, size = to_json({"a": [1, 2], "when": datetime(2026, 1, 1, tzinfo=UTC)}, where="step x")
+    assert data == {"a": [1, 2], "when": "2026-01-01T00:00:00Z"} and size == len(
+        '{"a":[1,2],"when":"2026-01-01T00:00:00Z"}'
+    )
+    with pytest.raises(OutputSerializationError, match="step x"):
+        to_json(object(), where="step x")
+    with pytest.raises(OutputSerializationError, match="NaN"):
+        to_json(float("inf"), where="step x")
+
+
+def test_restore_uses_the_return_annotation():
+    def price() -> Decimal:
+        return Decimal("1.10")
+
+    data, _ = to_json(price(), where="")
+    assert restore(data, return_type(price)) == Decimal("1.10")
+    assert return_type(lambda: 1) is None
+    assert restore({"x": 1}, None) == {"x": 1}
+
+
+def test_logger_is_quiet_while_replaying(caplog):
+    replaying = [True]
+    ctx = Context(
+        event=Event(name="e", data={}), run_id="r", workflow_id="wf", replaying=lambda: replaying[0]
+    )
+    with caplog.at_level(logging.INFO, logger="stepflows.workflow.wf"):
+        ctx.logger.info("during replay")
+        replaying[0] = False
+        ctx.logger.info("fresh line")
+    assert [r.getMessage() for r in caplog.records] == ["fresh line"]
+    assert caplog.records[0].run_id == "r"
