@@ -102,3 +102,14 @@ def test_repeated_step_ids_get_counter_suffixes(run_event):
     run = run_event("test/repeated-ids", {})
     assert run.output == [0, 1, 2]
     assert sorted(steps_of(run)) == ["item", "item:1", "item:2"]
+
+
+def test_asend_from_async_code(celery_worker, key):
+    import asyncio
+
+    import stepflows
+    from stepflows.testing import runs_for, wait_for_run
+
+    [event_id] = asyncio.run(stepflows.asend("test/three-steps", data={"key": key}))
+    [run] = runs_for([event_id])
+    assert wait_for_run(run.id).status == RunStatus.COMPLETED

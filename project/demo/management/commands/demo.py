@@ -84,10 +84,13 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nStopping...")
         finally:
+            # A second Ctrl-C must not leave the worker behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if server is not None and server.poll() is None:
                 server.terminate()
                 server.wait(timeout=10)
-            worker.stop()
+            worker.stop(timeout=15)
+            self.stdout.write("Stopped the worker and the server.")
 
     def send_samples(self) -> list[str]:
         ids = stepflows.send(
