@@ -24,6 +24,7 @@ from ..conf import get_settings
 from ..context import Context
 from ..events import Event
 from ..exceptions import (
+    InvalidEventError,
     LimitExceededError,
     NestedStepError,
     NonDeterminismError,
@@ -42,8 +43,9 @@ from .serialization import restore, return_type, to_json
 
 MAX_TRACEBACK_CHARS = 20_000
 
-# Errors that no retry can mend.
+# Errors that no retry can mend (invalid events sent by a step stay invalid).
 FINAL_ERRORS = (
+    InvalidEventError,
     NonRetriableError,
     NestedStepError,
     NonDeterminismError,
