@@ -47,14 +47,15 @@ def return_type(fn: Callable[..., Any]) -> Any:
     if isinstance(fn, type):
         # A model class called as the step function returns an instance of itself.
         return fn if issubclass(fn, BaseModel) else None
+    target: Any = fn
     if not inspect.isroutine(fn) and callable(fn):
-        fn = fn.__call__  # a callable object: its __call__ declares the type
+        target = type(fn).__call__  # a callable object: its __call__ declares the type
     try:
-        annotation = typing.get_type_hints(fn).get("return")
+        annotation = typing.get_type_hints(target).get("return")
     except Exception:
         # One unresolvable parameter annotation (say, a type imported under
         # TYPE_CHECKING) fails get_type_hints as a whole: resolve the return alone.
-        annotation = _return_only(fn)
+        annotation = _return_only(target)
     if annotation in _NO_TYPE:
         return None
     return annotation

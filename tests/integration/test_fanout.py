@@ -78,9 +78,7 @@ def test_a_trigger_filter_that_raises_is_a_clear_error_and_stores_nothing(celery
 # -- step.send_event ------------------------------------------------------------------------
 
 
-def test_fifty_events_start_fifty_linked_children_and_a_replay_sends_none_again(
-    celery_worker, key
-):
+def test_fifty_events_start_fifty_linked_children_and_a_replay_sends_none_again(celery_worker, key):
     [event_id] = stepflows.send("test/fan.parent", data={"key": key, "n": 50})
     [parent] = runs_for([event_id])
     parent = wait_for_run(parent.id, timeout=240)

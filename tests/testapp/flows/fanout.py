@@ -82,7 +82,9 @@ def fan_parent(ctx: stepflows.Context, step: stepflows.StepSync) -> dict[str, An
         "fan-out",
         [Event(name="test/fan.child", data={"key": key, "i": i}) for i in range(n)],
     )
-    a, b = step.parallel(lambda: step.run("after-1", _noop, 1), lambda: step.run("after-2", _noop, 2))
+    a, b = step.parallel(
+        lambda: step.run("after-1", _noop, 1), lambda: step.run("after-2", _noop, 2)
+    )
     return {"sent": len(ids), "ids": ids, "after": [a, b]}
 
 
@@ -91,7 +93,9 @@ async def fan_async_parent(ctx: stepflows.Context, step: stepflows.Step) -> dict
     """send_event from an async workflow, with a single dict, an Event and a list of dicts."""
     key = ctx.event.data["key"]
     mark(f"{key}-async-invocations")
-    one = await step.send_event("one-dict", {"name": "test/fan.child", "data": {"key": key, "i": 0}})
+    one = await step.send_event(
+        "one-dict", {"name": "test/fan.child", "data": {"key": key, "i": 0}}
+    )
     single = await step.send_event(
         "one-event", Event(name="test/fan.child", data={"key": key, "i": 1})
     )
