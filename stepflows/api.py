@@ -309,7 +309,13 @@ def replay_event(event: EventRow | str) -> list[Run]:
 
 def replay_events(events: Iterable[EventRow | str]) -> list[Run]:
     """:func:`replay_event` for many events, in one transaction."""
-    rows = [e if isinstance(e, EventRow) else EventRow.objects.get(pk=e) for e in events]
+    items = list(events)
+    wanted = [e for e in items if not isinstance(e, EventRow)]
+    found = EventRow.objects.in_bulk([str(e) for e in wanted]) if wanted else {}
+    missing = [str(e) for e in wanted if str(e) not in found]
+    if missing:
+        raise EventRow.DoesNotExist(f"no event with id {', '.join(map(repr, missing[:10]))}")
+    rows = [e if isinstance(e, EventRow) else found[str(e)] for e in items]
     runs: list[Run] = []
     for row in rows:
         probe = Event(name=row.name, data=row.data, id=row.id, ts=row.ts)

@@ -229,6 +229,10 @@ def test_replay_of_an_event_starts_new_runs_and_leaves_old_ones(celery_worker, k
         )
     assert Event.objects.count() == 1 and Run.objects.count() == 4
     assert count(f"{key}-all") == 2 and count(f"{key}-big") == 2
+    with pytest.raises(Event.DoesNotExist) as info:
+        api.replay_events([ids[0], f"{key}-unknown"])
+    assert f"{key}-unknown" in str(info.value)
+    assert Run.objects.count() == 4
 
 
 def test_replay_of_a_sent_event_keeps_the_family_link(celery_worker, key):
