@@ -6,6 +6,7 @@ them writes rows directly.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,11 +197,29 @@ async def asend(
     return await sync_to_async(send)(event, data, id=id, ts=ts)
 
 
-def send_from_run(events: Any, *, run_id: str, id_prefix: str) -> list[str]:
-    """Send events from a step of a run, with ids derived from the step."""
+def derived_event_id(run_id: Any, step_id: str, index: int) -> str:
+    """The id of the ``index``-th event sent without an id by step ``step_id`` of a run.
+
+    Stable across attempts and replays of the step, so it works as the
+    event's idempotency key. A step id too long for the 255-character event id
+    is replaced by its hash.
+    """
+    event_id = f"{run_id}:{step_id}:{index}"
+    if len(event_id) > 255:
+        digest = hashlib.sha256(step_id.encode()).hexdigest()[:32]
+        event_id = f"{run_id}:{digest}:{index}"
+    return event_id
+
+
+def send_from_run(events: Any, *, run_id: Any, step_id: str) -> list[str]:
+    """Send events from step ``step_id`` of a run (what ``step.send_event`` does).
+
+    Events without an id get :func:`derived_event_id`; the events record the
+    run as ``source_run`` and the runs they start record it as ``parent``.
+    """
     items = _as_events(events, None, None, None)
     numbered = [
-        e if e.id is not None else e.model_copy(update={"id": f"{id_prefix}:{i}"})
+        e if e.id is not None else e.model_copy(update={"id": derived_event_id(run_id, step_id, i)})
         for i, e in enumerate(items)
     ]
     return _send(numbered, source_run_id=run_id)
@@ -290,7 +309,13 @@ def replay_event(event: EventRow | str) -> list[Run]:
 
 def replay_events(events: Iterable[EventRow | str]) -> list[Run]:
     """:func:`replay_event` for many events, in one transaction."""
-    rows = [e if isinstance(e, EventRow) else EventRow.objects.get(pk=e) for e in events]
+    items = list(events)
+    wanted = [e for e in items if not isinstance(e, EventRow)]
+    found = EventRow.objects.in_bulk([str(e) for e in wanted]) if wanted else {}
+    missing = [str(e) for e in wanted if str(e) not in found]
+    if missing:
+        raise EventRow.DoesNotExist(f"no event with id {', '.join(map(repr, missing[:10]))}")
+    rows = [e if isinstance(e, EventRow) else found[str(e)] for e in items]
     runs: list[Run] = []
     for row in rows:
         probe = Event(name=row.name, data=row.data, id=row.id, ts=row.ts)

@@ -34,6 +34,10 @@ class EventValidationError(InvalidEventError):
         self.errors = errors
 
 
+class TriggerFilterError(InvalidEventError):
+    """A workflow's ``TriggerEvent(if_=...)`` filter raised on an event. Nothing was stored."""
+
+
 class RunStateError(StepflowsError):
     """The run is not in a state that allows this action."""
 

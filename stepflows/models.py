@@ -89,6 +89,34 @@ class RunQuerySet(models.QuerySet["Run"]):
         """Runs no live worker holds: never leased, released, or with an expired lease."""
         return self.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
 
+    def family_of(self, run: Run | Any) -> RunQuerySet:
+        """The fan-out family below ``run``: runs started by events it sent, at any depth.
+
+        Children are runs whose ``parent`` is the run (started by an event one
+        of its steps sent, or a rerun/replay of such a run), grandchildren the
+        same below them, and so on. One query per generation, not per run; the
+        run itself is not included.
+        """
+        return self.filter(id__in=descendant_ids(run.pk if isinstance(run, Run) else run))
+
+
+def descendant_ids(run_id: Any, *, batch: int = 5000) -> list[Any]:
+    """Ids of every run below ``run_id`` in its fan-out family, generation by generation."""
+    found: list[Any] = []
+    seen = {str(run_id)}
+    level = [run_id]
+    while level:
+        children: list[Any] = []
+        for i in range(0, len(level), batch):
+            children += Run._base_manager.filter(parent_id__in=level[i : i + batch]).values_list(
+                "id", flat=True
+            )
+        # A cycle cannot be built through the api, but a hand-edited row must not loop forever.
+        level = [c for c in children if str(c) not in seen]
+        seen.update(str(c) for c in level)
+        found += level
+    return found
+
 
 class Run(models.Model):
     """One execution of one workflow, started by one event."""
@@ -141,6 +169,28 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    def family(self) -> RunQuerySet:
+        """Runs below this one in its fan-out family, at any depth; see ``family_of``."""
+        return Run.objects.family_of(self)
+
+    def typed_output(self) -> Any:
+        """The output as the workflow function's return annotation declares it.
+
+        ``output`` is the JSON form; a workflow annotated ``-> Model`` (or
+        ``datetime``, ``list[Model]``...) gets that type back here, by the same
+        rule as step outputs. Without an annotation, or when the workflow is no
+        longer registered, this is ``output`` itself.
+        """
+        from .engine.serialization import restore, return_type
+        from .exceptions import WorkflowNotFoundError
+        from .registry import registry
+
+        try:
+            workflow = registry.get(self.workflow_id)
+        except WorkflowNotFoundError:
+            return self.output
+        return restore(self.output, return_type(workflow.fn))
 
     @property
     def duration(self) -> float | None:

@@ -14,14 +14,20 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 
 from .events import Event
-from .exceptions import ConfigurationError, WorkflowNotFoundError
+from .exceptions import ConfigurationError, TriggerFilterError, WorkflowNotFoundError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class TriggerEvent:
-    """Trigger a workflow on events named ``event``, optionally filtered by ``if_``."""
+    """Trigger a workflow on events named ``event``, optionally filtered by ``if_``.
+
+    ``if_(event)`` gets the :class:`Event` as sent (its ``data`` the plain
+    dict) and returns whether this workflow should start a run for it. It is
+    called by :func:`stepflows.send` and by replays, so keep it quick and free
+    of side effects.
+    """
 
     event: str
     if_: Callable[[Event], bool] | None = None
@@ -52,7 +58,17 @@ class Workflow:
         return bool(self.options.get("experimental_execution", False))
 
     def matches(self, event: Event) -> bool:
-        return any(trigger.matches(event) for trigger in self.triggers)
+        for trigger in self.triggers:
+            try:
+                if trigger.matches(event):
+                    return True
+            except Exception as exc:
+                raise TriggerFilterError(
+                    f"workflow {self.id!r}: the if_ filter of its trigger {trigger.event!r} "
+                    f"raised {type(exc).__name__}: {exc} for event {event.name!r}. Fix the "
+                    "filter (it gets the Event with its data as a dict); nothing was stored."
+                ) from exc
+        return False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+
+class Charge(BaseModel):
+    """The data of a stripe/charge.created event, as record-revenue expects it."""
+
+    email: str
+    amount: int = Field(ge=0, description="in cents")
+    currency: str = "eur"
+
+
+class Revenue(BaseModel):
+    email: str
+    amount: Decimal
+    currency: str
+    booked_at: datetime
 
 
 def send_email(address: str, subject: str) -> str:
@@ -42,3 +61,12 @@ def charge_card(order: dict) -> dict:
 
 def ship(order: dict, reservation: dict) -> str:
     return f"shipment-{order['order_id']}-{len(reservation['reserved'])}"
+
+
+def book_revenue(charge: Charge) -> Revenue:
+    return Revenue(
+        email=charge.email,
+        amount=(Decimal(charge.amount) / 100).quantize(Decimal("0.01")),
+        currency=charge.currency.upper(),
+        booked_at=datetime.now(UTC),
+    )

@@ -1,4 +1,4 @@
-"""Demo workflows: sequential steps, parallel steps, chunked parallel work."""
+"""Demo workflows: sequential steps, parallel steps, chunked parallel work, fan-out."""
 
 from __future__ import annotations
 
@@ -39,3 +39,40 @@ async def summarize_text(ctx: stepflows.Context, step: stepflows.Step) -> str:
         *[functools.partial(step.run, "summarize-chunk", steps.summarize_chunk, c) for c in chunks]
     )
     return await step.run("summarize-summaries", steps.summarize_summaries, list(summaries))
+
+
+@stepflows.workflow(id="summarize-text-fanout", trigger="app/text.summarize")
+def summarize_text_fanout(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """The same job as summarize-text, by fan-out: one event, and one run, per chunk.
+
+    Both workflows listen to ``app/text.summarize``, so one event starts the
+    parallel variant and this one side by side. Each chunk's summary is the
+    output of its own ``summarize-chunk`` run, a child of this run.
+    """
+    chunks = steps.split_text_into_chunks(ctx.event.data["text"])
+    event_ids = step.send_event(
+        "send-chunks",
+        [
+            stepflows.Event(name="app/chunk.summarize", data={"chunk": chunk, "index": i})
+            for i, chunk in enumerate(chunks)
+        ],
+    )
+    return {"chunks": len(chunks), "events": event_ids}
+
+
+@stepflows.workflow(id="summarize-chunk", trigger="app/chunk.summarize")
+def summarize_chunk(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """Summarize one chunk sent by summarize-text-fanout."""
+    summary = step.run("summarize-chunk", steps.summarize_chunk, ctx.event.data["chunk"])
+    return {"index": ctx.event.data["index"], "summary": summary}
+
+
+@stepflows.workflow(id="record-revenue", trigger="stripe/charge.created", schema=steps.Charge)
+def record_revenue(ctx: stepflows.Context, step: stepflows.StepSync) -> steps.Revenue:
+    """A second workflow on stripe/charge.created: one event, two runs.
+
+    Its schema validates the charge at send(); inside the run the data is a
+    ``Charge`` and the step's ``Revenue`` comes back typed on every replay.
+    """
+    charge: steps.Charge = ctx.event.data
+    return step.run("book-revenue", steps.book_revenue, charge)

@@ -25,6 +25,7 @@ from ..conf import get_settings
 from ..context import Context
 from ..events import Event
 from ..exceptions import (
+    InvalidEventError,
     LimitExceededError,
     NestedStepError,
     NonDeterminismError,
@@ -48,8 +49,9 @@ MAX_TRACEBACK_CHARS = 20_000
 # only code inside a step's own task is "inside" that step.
 _current_step: ContextVar[str | None] = ContextVar("stepflows_current_step", default=None)
 
-# Errors that no retry can mend.
+# Errors that no retry can mend (invalid events sent by a step stay invalid).
 FINAL_ERRORS = (
+    InvalidEventError,
     NonRetriableError,
     NestedStepError,
     NonDeterminismError,

@@ -11,16 +11,19 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from ..exceptions import OutputSerializationError
 
 _NO_TYPE = (None, Any, inspect.Signature.empty, object)
+
+logger = logging.getLogger("stepflows.engine")
 
 
 def to_json(value: Any, *, where: str) -> tuple[Any, int]:
@@ -41,14 +44,51 @@ def return_type(fn: Callable[..., Any]) -> Any:
     """The declared return type of a step function, or None."""
     while isinstance(fn, functools.partial):
         fn = fn.func
+    if isinstance(fn, type):
+        # A model class called as the step function returns an instance of itself.
+        return fn if issubclass(fn, BaseModel) else None
+    target: Any = fn
+    if not inspect.isroutine(fn) and callable(fn):
+        target = type(fn).__call__  # a callable object: its __call__ declares the type
     try:
-        hints = typing.get_type_hints(fn)
+        annotation = typing.get_type_hints(target).get("return")
     except Exception:
-        return None
-    annotation = hints.get("return")
+        # One unresolvable parameter annotation (say, a type imported under
+        # TYPE_CHECKING) fails get_type_hints as a whole: resolve the return alone.
+        annotation = _return_only(target)
     if annotation in _NO_TYPE:
         return None
     return annotation
+
+
+_warned: set[str] = set()
+
+
+def _return_only(fn: Any) -> Any:
+    raw = getattr(fn, "__annotations__", {}).get("return")
+    if not isinstance(raw, str):
+        return raw
+    namespace = dict(getattr(fn, "__globals__", {}))
+    try:
+        namespace.update(inspect.getclosurevars(fn).nonlocals)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return eval(raw, namespace)  # what typing.get_type_hints does with a string
+    except Exception as exc:
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning(
+                "step function %s declares the return type %r, which cannot be resolved "
+                "(%s: %s); its output is returned in its JSON form. Define or import the "
+                "type at module level.",
+                name,
+                raw,
+                type(exc).__name__,
+                exc,
+            )
+        return None
 
 
 @functools.lru_cache(maxsize=512)

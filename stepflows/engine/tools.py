@@ -16,14 +16,14 @@ EventsArg = Event | dict[str, Any] | Iterable[Event | dict[str, Any]]
 def _sender(inv: Invocation, events: EventsArg) -> Callable[[], list[str]]:
     """The step function behind send_event: ids derive from run and step, so a
     re-run of the step after a crash sends nothing twice."""
+    # Take a one-shot iterable (a generator) now: a retried attempt must send the same events.
+    items: Any = events if isinstance(events, Event | dict | str) else list(events)
 
     def send_events() -> list[str]:
         from ..api import send_from_run
 
         assert inv.current_step is not None
-        return send_from_run(
-            events, run_id=inv.run_id, id_prefix=f"{inv.run_id}:{inv.current_step}"
-        )
+        return send_from_run(items, run_id=inv.run_id, step_id=inv.current_step)
 
     return send_events
 
@@ -51,7 +51,15 @@ class StepSync:
         return self._inv.parallel_sync(callables)
 
     def send_event(self, step_id: str, events: EventsArg) -> list[str]:
-        """Send one or many events as a memoized step; returns the event ids."""
+        """Send one or many events as step ``step_id``; returns their ids, in order.
+
+        ``events`` is an :class:`Event`, a dict with ``name`` and ``data``, or a
+        list of them. The step is memoized like any other: a replay returns the
+        stored ids and sends nothing. An event without an ``id`` gets one
+        derived from the run and step (``<run>:<step>:<index>``), so even a
+        step re-run after a crash sends nothing twice. The events record this
+        run as ``source_run``; the runs they start record it as ``parent``.
+        """
         return self.run(step_id, _sender(self._inv, events))
 
 
@@ -78,5 +86,5 @@ class Step:
         return await self._inv.parallel_async(callables)
 
     async def send_event(self, step_id: str, events: EventsArg) -> list[str]:
-        """Send one or many events as a memoized step; returns the event ids."""
+        """Send one or many events as a memoized step; see :meth:`StepSync.send_event`."""
         return await self.run(step_id, _sender(self._inv, events))

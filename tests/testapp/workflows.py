@@ -1,3 +1,4 @@
 """Test workflows, one module per topic; importing them registers them."""
 
 from .flows import basics  # noqa: F401
+from .flows import fanout as fanout

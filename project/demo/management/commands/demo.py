@@ -102,13 +102,21 @@ class Command(BaseCommand):
                 stepflows.Event(
                     name="stripe/charge.created", data={"email": "ada@example.com", "amount": 1200}
                 ),
+                # Starts summarize-text (step.parallel) and summarize-text-fanout
+                # (one summarize-chunk run per chunk): the same work, both ways.
                 stepflows.Event(name="app/text.summarize", data={"text": SAMPLE_TEXT}),
             ]
         )
         self.stdout.write(f"Sent {len(ids)} sample events: {', '.join(ids)}")
+        self.stdout.write(
+            "  stripe/charge.created starts post-payment-flow and record-revenue;\n"
+            "  app/text.summarize starts summarize-text (parallel steps) and\n"
+            "  summarize-text-fanout (one summarize-chunk run per chunk)."
+        )
         return ids
 
     def wait_for(self, event_ids: list[str]) -> None:
+        """Wait for the runs of the sample events, then for their fan-out families."""
         from stepflows.models import Run
         from stepflows.testing import wait_for_runs
 
@@ -116,5 +124,9 @@ class Command(BaseCommand):
             Run.objects.filter(event_id__in=event_ids).values_list("id", flat=True), timeout=120
         )
         for run in runs:
-            self.stdout.write(f"  {run.workflow_id:20} {run.status:10} {run.output!r:.80}")
+            self.stdout.write(f"  {run.workflow_id:22} {run.status:10} {run.output!r:.80}")
+            family = wait_for_runs(run.family().values_list("id", flat=True), timeout=120)
+            if family:
+                done = sum(1 for r in family if r.status == "completed")
+                self.stdout.write(f"    + {len(family)} fan-out runs, {done} completed")
         time.sleep(0)
