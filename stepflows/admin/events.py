@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -57,7 +57,7 @@ class EventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="name", ordering="name")
     def name_link(self, event: Event) -> SafeString:
-        url = reverse("admin:stepflows_event_change", args=[event.pk])
+        url = reverse("admin:stepflows_event_change", args=[quote(event.pk)])
         return format_html('<a href="{}">{}</a>', url, event.name)
 
     @admin.display(description="payload")

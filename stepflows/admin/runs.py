@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
@@ -137,7 +137,7 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="trigger event", ordering="event__name")
     def trigger_event(self, run: Run) -> SafeString:
-        url = reverse("admin:stepflows_event_change", args=[run.event_id])
+        url = reverse("admin:stepflows_event_change", args=[quote(run.event_id)])
         return format_html('<a href="{}">{}</a>', url, run.event.name)
 
     @admin.display(description="duration")

@@ -137,8 +137,7 @@ def test_run_page_query_count_does_not_grow_with_steps_or_family(admin_client_al
     small = build_run(steps=PARALLEL_STEPS[:2])
     build_run(source_run=small)
     big_steps = [
-        {"step_id": f"s{i}", "start": i * 0.1, "end": i * 0.1 + 0.1, "group": 0}
-        for i in range(40)
+        {"step_id": f"s{i}", "start": i * 0.1, "end": i * 0.1 + 0.1, "group": 0} for i in range(40)
     ]
     big = build_run(steps=big_steps)
     for _ in range(12):
