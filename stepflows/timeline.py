@@ -279,7 +279,8 @@ def render(
     # Every interpolated text above went through escape().
     return mark_safe(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="stepflows-timeline" '
-        f'width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
+        # Scales to the page's width; the viewBox keeps the proportions.
+        f'width="100%" viewBox="0 0 {WIDTH} {height}" style="display:block;height:auto" '
         f'role="img" aria-label="{escape(label)}" data-span="{span:.6f}" '
         f'data-relative="{str(relative).lower()}" font-family="sans-serif" font-size="11">'
         f"{body}</svg>"

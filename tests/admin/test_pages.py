@@ -13,7 +13,7 @@ from django.urls import reverse
 from stepflows.admin import compare
 from stepflows.models import Run
 
-from .conftest import PARALLEL_STEPS, XSS, build_run
+from .conftest import PARALLEL_STEPS, build_run
 
 pytestmark = pytest.mark.django_db
 
