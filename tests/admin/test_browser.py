@@ -10,9 +10,11 @@ not set; CI sets it, so there a missing browser fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,9 @@ def save(page: Any, name: str) -> None:
         page.screenshot(path=str(folder / name), full_page=True)
 
 
-@pytest.fixture
-def browser(monkeypatch: Any) -> Any:
-    # Playwright's sync API runs an event loop in this thread; Django would
-    # take the test's ORM calls for async ones without this.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright's sync API."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -77,7 +77,7 @@ def browser(monkeypatch: Any) -> Any:
 
 
 def test_log_in_retry_a_failed_run_watch_it_complete_and_compare(
-    celery_worker: Any, live_server: Any, browser: Any, tmp_path: Path
+    celery_worker: Any, live_server: Any, tmp_path: Path
 ) -> None:
     User.objects.create_superuser("admin", "admin@example.com", "stepflows-e2e")
     key = uuid.uuid4().hex[:12]
@@ -92,10 +92,15 @@ def test_log_in_retry_a_failed_run_watch_it_complete_and_compare(
     fanout = next(r for r in variants if r.workflow_id == "t-admin-fanout")
     parallel = next(r for r in variants if r.workflow_id == "t-admin-parallel")
     wait_for_runs(Run.objects.filter(parent=fanout).values_list("pk", flat=True))
+    # Every database call is done by now: Playwright's sync API runs an event loop
+    # in this thread, and Django refuses ORM calls while one runs.
+    with chromium() as browser:
+        check_in_browser(browser, live_server.url, run, parallel, gate)
 
+
+def check_in_browser(browser: Any, base: str, run: Run, parallel: Run, gate: Path) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(60_000)
-    base = live_server.url
 
     # Log in.
     page.goto(f"{base}/admin/login/?next=/admin/")
