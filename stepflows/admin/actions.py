@@ -50,7 +50,6 @@ def confirmed(request: HttpRequest) -> bool:
 def confirmation(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
-    queryset: QuerySet[Any],
     *,
     action: str,
     title: str,
@@ -95,7 +94,6 @@ def retry_runs(
         return confirmation(
             modeladmin,
             request,
-            queryset,
             action="retry_runs",
             title="Retry failed runs",
             intro="Each failed run resumes where it failed: steps that succeeded keep their "
@@ -140,7 +138,6 @@ def rerun_runs(
         return confirmation(
             modeladmin,
             request,
-            queryset,
             action="rerun_runs",
             title="Rerun from the start",
             intro="Each selected run gets a new run of the same workflow for the same event, "
@@ -179,7 +176,6 @@ def cancel_runs(
         return confirmation(
             modeladmin,
             request,
-            queryset,
             action="cancel_runs",
             title="Cancel runs",
             intro="A queued or running run stops before its next step; a step already "
@@ -225,7 +221,6 @@ def replay_events(
         return confirmation(
             modeladmin,
             request,
-            queryset,
             action="replay_events",
             title="Replay events",
             intro="Each event starts fresh runs of the workflows it triggers now. Earlier runs "

@@ -70,6 +70,20 @@ def test_runs_list_query_count_does_not_grow_with_the_page(admin_client_all):
     assert small == large, f"{small} queries for 3 rows, {large} for 30"
 
 
+def test_runs_list_query_count_is_the_same_at_two_page_sizes(admin_client_all, monkeypatch):
+    from stepflows.admin.runs import RunAdmin
+
+    for _ in range(30):
+        build_run(steps=PARALLEL_STEPS)
+    counts = []
+    for size in (5, 25):
+        monkeypatch.setattr(RunAdmin, "list_per_page", size)
+        queries, html = _list_queries(admin_client_all)
+        assert html.count('class="action-select"') == size
+        counts.append(queries)
+    assert counts[0] == counts[1], counts
+
+
 def test_runs_list_filters_by_status_workflow_and_date(admin_client_all):
     failed = build_run(workflow="wf-a", status="failed", base=datetime(2024, 1, 2, tzinfo=UTC))
     done = build_run(workflow="wf-b", status="completed", base=datetime(2024, 3, 5, tzinfo=UTC))
@@ -208,6 +222,16 @@ def test_compare_event_variants_from_a_parallel_run(admin_client_all):
     html = get(admin_client_all, link)
     for run in (parallel, fanout, child):
         assert f'data-run="{run.pk}"' in html
+
+
+def test_a_lone_parallel_run_links_to_recent_runs_of_its_workflow(admin_client_all):
+    older = build_run(workflow="wf-parallel", steps=PARALLEL_STEPS)
+    run = build_run(workflow="wf-parallel", steps=PARALLEL_STEPS)
+    html = get(admin_client_all, run_url(run))
+    link = compare.url(workflow_of=run.pk)
+    assert link.replace("&", "&amp;") in html
+    html = get(admin_client_all, link)
+    assert f'data-run="{run.pk}"' in html and f'data-run="{older.pk}"' in html
 
 
 def test_compare_needs_its_permission(staff_client):
