@@ -66,6 +66,8 @@ class Event(models.Model):
         verbose_name = _("event")
         verbose_name_plural = _("events")
         ordering = ["-received_at"]
+        # Admin actions, each behind its own permission (stepflows.admin).
+        permissions = [("replay_event", _("Can replay events"))]
         indexes = [
             models.Index(fields=["name", "-received_at"], name="stepflows_event_name_idx"),
             models.Index(fields=["-received_at"], name="stepflows_event_recv_idx"),
@@ -157,6 +159,13 @@ class Run(models.Model):
         verbose_name = _("run")
         verbose_name_plural = _("runs")
         ordering = ["-created_at"]
+        # Admin actions, each behind its own permission (stepflows.admin).
+        permissions = [
+            ("retry_run", _("Can retry failed runs")),
+            ("rerun_run", _("Can rerun runs from the start")),
+            ("cancel_run", _("Can cancel runs")),
+            ("compare_runs", _("Can compare runs")),
+        ]
         indexes = [
             models.Index(fields=["-created_at"], name="stepflows_run_created_idx"),
             models.Index(fields=["status", "-created_at"], name="stepflows_run_status_idx"),

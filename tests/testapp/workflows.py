@@ -1,4 +1,5 @@
 """Test workflows, one module per topic; importing them registers them."""
 
-from .flows import basics  # noqa: F401
-from .flows import fanout as fanout
+from .flows import admin_views, basics, fanout
+
+__all__ = ["admin_views", "basics", "fanout"]

@@ -1,15 +1,16 @@
-"""`python manage.py stepflows <send|runs>`: send events and list runs."""
+"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay>`: events and runs."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import api
 from ...exceptions import StepflowsError
-from ...models import Run
+from ...models import Event, Run
 
 
 class Command(BaseCommand):
@@ -25,6 +26,14 @@ class Command(BaseCommand):
         runs.add_argument("--limit", type=int, default=20)
         runs.add_argument("--status", default=None)
         runs.add_argument("--workflow", default=None)
+        retry = sub.add_parser("retry", help="resume failed runs where they failed")
+        retry.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        rerun = sub.add_parser("rerun", help="start new runs of the same events, from the top")
+        rerun.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        cancel = sub.add_parser("cancel", help="stop runs before their next step")
+        cancel.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        replay = sub.add_parser("replay", help="start fresh runs of events")
+        replay.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
@@ -56,3 +65,72 @@ class Command(BaseCommand):
                 f"{run.id!s:36}  {run.workflow_id[:24]:24} {run.status:10} "
                 f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}"
             )
+
+    # -- managing runs: the same verbs as the admin actions (stepflows.api) ------------
+
+    def _runs(self, run_ids: list[str], problems: list[str]) -> list[Run]:
+        found = []
+        for raw in run_ids:
+            try:
+                found.append(Run.objects.get(pk=raw))
+            except (Run.DoesNotExist, ValueError, ValidationError):
+                problems.append(f"run {raw}: not found")
+        return found
+
+    def _finish(self, verb: str, problems: list[str], total: int) -> None:
+        for line in problems:
+            self.stderr.write(line)
+        if problems:
+            raise CommandError(f"{len(problems)} of {total} could not be {verb}; see above")
+
+    def do_retry(self, run_ids: list[str], **_: Any) -> None:
+        problems: list[str] = []
+        for run in self._runs(run_ids, problems):
+            try:
+                api.retry_run(run)
+            except StepflowsError as exc:
+                problems.append(str(exc))
+                continue
+            self.stdout.write(f"retried {run.id}  {run.workflow_id}: resuming where it failed")
+        self._finish("retried", problems, len(run_ids))
+
+    def do_rerun(self, run_ids: list[str], **_: Any) -> None:
+        problems: list[str] = []
+        for run in self._runs(run_ids, problems):
+            try:
+                new = api.rerun(run)
+            except StepflowsError as exc:
+                problems.append(f"run {run.id}: {exc}")
+                continue
+            self.stdout.write(f"rerun {run.id}  {run.workflow_id}: new run {new.id}")
+        self._finish("rerun", problems, len(run_ids))
+
+    def do_cancel(self, run_ids: list[str], **_: Any) -> None:
+        problems: list[str] = []
+        for run in self._runs(run_ids, problems):
+            if api.cancel_run(run):
+                self.stdout.write(f"cancelled {run.id}  {run.workflow_id}")
+            else:
+                fresh = Run.objects.get(pk=run.pk)
+                self.stdout.write(f"left {run.id}  {run.workflow_id}: already {fresh.status}")
+        self._finish("cancelled", problems, len(run_ids))
+
+    def do_replay(self, event_ids: list[str], **_: Any) -> None:
+        problems: list[str] = []
+        events = []
+        for raw in event_ids:
+            event = Event.objects.filter(pk=raw).first()
+            if event is None:
+                problems.append(f"event {raw}: not found")
+            else:
+                events.append(event)
+        for event in events:
+            try:
+                runs = api.replay_event(event)
+            except StepflowsError as exc:
+                problems.append(str(exc))
+                continue
+            self.stdout.write(f"replayed {event.id} ({event.name}): started {len(runs)} run(s)")
+            for run in runs:
+                self.stdout.write(f"  {run.id}  {run.workflow_id}")
+        self._finish("replayed", problems, len(event_ids))

@@ -1,0 +1,110 @@
+"""Events in the admin: the list, the event page (payload, runs it started), replay."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from ..models import Event, Run
+from .actions import EVENT_ACTIONS
+from .common import ReadOnlyAdmin, duration_text, on_changelist, pretty_json, status_badge
+
+#: Characters of the payload shown in the list.
+PREVIEW_CHARS = 80
+
+
+def _run_count() -> Coalesce:
+    counted = (
+        Run.objects.filter(event=OuterRef("pk"))
+        .order_by()
+        .values("event")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("name_link", "id", "ts", "payload_preview", "runs_started", "source_link")
+    list_display_links = None
+    list_filter = (("received_at", admin.DateFieldListFilter),)
+    search_fields = ("=id", "name")
+    search_help_text = "An event id (exact), or part of an event name."
+    show_full_result_count = False
+    list_per_page = 50
+    actions = EVENT_ACTIONS
+    ordering = ("-received_at",)
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "replay_event")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
+        qs = super().get_queryset(request)
+        if on_changelist(request):
+            qs = qs.annotate(run_count=_run_count())
+        return qs
+
+    @admin.display(description="name", ordering="name")
+    def name_link(self, event: Event) -> SafeString:
+        url = reverse("admin:stepflows_event_change", args=[quote(event.pk)])
+        return format_html('<a href="{}">{}</a>', url, event.name)
+
+    @admin.display(description="payload")
+    def payload_preview(self, event: Event) -> str:
+        text = json.dumps(event.data, ensure_ascii=False, sort_keys=True, default=str)
+        return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "\u2026"
+
+    @admin.display(description="runs started", ordering="run_count")
+    def runs_started(self, event: Any) -> int:
+        return int(event.run_count)
+
+    @admin.display(description="sent by run")
+    def source_link(self, event: Event) -> SafeString | str:
+        if event.source_run_id is None:
+            return ""
+        url = reverse("admin:stepflows_run_change", args=[event.source_run_id])
+        return format_html('<a href="{}">{}</a>', url, str(event.source_run_id)[:8])
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        event = Event.objects.filter(pk=unquote(object_id)).first()
+        if event is None:
+            return self.missing(request, object_id)
+        if not self.has_view_permission(request, event):
+            raise PermissionDenied
+        runs = list(event.runs.order_by("created_at"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "title": f"Event {event.name}",
+            "original": event,
+            "event": event,
+            "payload": pretty_json(event.data),
+            "runs": [
+                {"run": r, "status": status_badge(r.status), "duration": duration_text(r.duration)}
+                for r in runs
+            ],
+            "can_replay": self.has_replay_permission(request),
+            "replay_button": {"action": "replay_events", "label": "Replay this event"},
+            "changelist_url": reverse("admin:stepflows_event_changelist"),
+            "here": request.get_full_path(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/stepflows/event/detail.html", context)

@@ -1,0 +1,300 @@
+"""Runs in the admin: the list, the run page (timeline, steps, fan-out family), actions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from .. import timeline
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step
+from . import compare
+from .actions import RUN_ACTIONS
+from .common import (
+    ReadOnlyAdmin,
+    duration_text,
+    on_changelist,
+    pretty_json,
+    size_text,
+    status_badge,
+)
+from .family import fan_out_family
+
+#: Columns of Step the run page needs (no outputs of other runs, no big blobs twice).
+STEP_FIELDS = (
+    "id",
+    "run_id",
+    "step_id",
+    "position",
+    "group",
+    "status",
+    "output",
+    "output_bytes",
+    "error",
+    "started_at",
+    "ended_at",
+    "attempts",
+    "attempt_count",
+)
+
+
+def _step_count(filter: Q | None = None) -> Coalesce:
+    """A correlated subquery counting one run's steps; only evaluated for the rows shown."""
+    steps = Step.objects.filter(run=OuterRef("pk"))
+    if filter is not None:
+        steps = steps.filter(filter)
+    counted = steps.order_by().values("run").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def _attempt_sum() -> Coalesce:
+    summed = (
+        Step.objects.filter(run=OuterRef("pk"))
+        .order_by()
+        .values("run")
+        .annotate(n=Sum("attempt_count"))
+        .values("n")
+    )
+    return Coalesce(Subquery(summed, output_field=IntegerField()), Value(0))
+
+
+class RunAdmin(ReadOnlyAdmin):
+    list_display = (
+        "run_link",
+        "workflow_id",
+        "status_display",
+        "trigger_event",
+        "started_at",
+        "duration_display",
+        "steps_display",
+        "attempts_display",
+    )
+    list_display_links = None
+    list_filter = ("status", "workflow_id", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("event__name",)
+    search_help_text = "A run id (full, or its first 8 characters), or part of an event name."
+    # Counting every row on each page load is slow on large tables.
+    show_full_result_count = False
+    list_per_page = 50
+    actions = RUN_ACTIONS
+    ordering = ("-created_at",)
+
+    # -- permissions of the actions ------------------------------------------------
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "retry_run")
+
+    def has_rerun_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "rerun_run")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "cancel_run")
+
+    def has_compare_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "compare_runs")
+
+    # -- the list ------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
+        qs = super().get_queryset(request).select_related("event")
+        if on_changelist(request):
+            qs = qs.annotate(
+                steps_total=_step_count(),
+                steps_done=_step_count(Q(status="completed")),
+                attempts_total=_attempt_sum(),
+            )
+        return qs
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
+    ) -> tuple[QuerySet[Run], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        by_id = _run_id_filter(term)
+        if by_id is not None:
+            return queryset.filter(by_id), False
+        return queryset.filter(event__name__icontains=term), False
+
+    @admin.display(description="run", ordering="created_at")
+    def run_link(self, run: Run) -> SafeString:
+        url = reverse("admin:stepflows_run_change", args=[run.pk])
+        return format_html('<a href="{}" title="{}">{}</a>', url, run.pk, str(run.pk)[:8])
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, run: Run) -> SafeString:
+        return status_badge(run.status)
+
+    @admin.display(description="trigger event", ordering="event__name")
+    def trigger_event(self, run: Run) -> SafeString:
+        url = reverse("admin:stepflows_event_change", args=[quote(run.event_id)])
+        return format_html('<a href="{}">{}</a>', url, run.event.name)
+
+    @admin.display(description="duration")
+    def duration_display(self, run: Run) -> str:
+        return duration_text(run.duration)
+
+    @admin.display(description="steps done", ordering="steps_total")
+    def steps_display(self, run: Any) -> str:
+        return f"{run.steps_done}/{run.steps_total}"
+
+    @admin.display(description="attempts", ordering="attempts_total")
+    def attempts_display(self, run: Any) -> int:
+        return int(run.attempts_total)
+
+    # -- the run page --------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("compare/", wrap(self.compare_view), name="stepflows_run_compare"),
+            *super().get_urls(),
+        ]
+
+    def compare_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_compare_permission(request):
+            raise PermissionDenied
+        return compare.compare_view(self, request)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        run = _get_run(unquote(object_id))
+        if run is None:
+            return self.missing(request, object_id)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        steps = list(Step.objects.filter(run=run).only(*STEP_FIELDS).order_by("position"))
+        family = fan_out_family(run)
+        siblings = Run.objects.filter(event_id=run.event_id).count()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "title": f"Run {run.pk}",
+            "subtitle": run.workflow_id,
+            "original": run,
+            "run": run,
+            "status": status_badge(run.status),
+            "duration": duration_text(run.duration),
+            "payload": pretty_json(run.event.data),
+            "output": pretty_json(run.output),
+            "error": run.error or None,
+            "steps": [_step_row(s) for s in steps],
+            "used_parallel": any(s.group is not None for s in steps),
+            "timeline": timeline.render([timeline.track_for_run(run, steps)]),
+            "family": family,
+            "siblings": siblings,
+            "buttons": self._buttons(request, run),
+            "compare_links": self._compare_links(request, run, family, siblings, steps),
+            "changelist_url": reverse("admin:stepflows_run_changelist"),
+            "here": request.get_full_path(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/stepflows/run/detail.html", context)
+
+    def _buttons(self, request: HttpRequest, run: Run) -> list[dict[str, str]]:
+        buttons = []
+        if run.status == RunStatus.FAILED and self.has_retry_permission(request):
+            buttons.append({"action": "retry_runs", "label": "Retry"})
+        if self.has_rerun_permission(request):
+            buttons.append({"action": "rerun_runs", "label": "Rerun from the start"})
+        if run.status in ACTIVE_RUN_STATUSES and self.has_cancel_permission(request):
+            buttons.append({"action": "cancel_runs", "label": "Cancel"})
+        return buttons
+
+    def _compare_links(
+        self, request: HttpRequest, run: Run, family: Any, siblings: int, steps: list[Step]
+    ) -> list[dict[str, str]]:
+        if not self.has_compare_permission(request):
+            return []
+        links = []
+        if family:
+            links.append(
+                {
+                    "url": compare.url(family=[run.pk]),
+                    "label": f"Compare with the {len(family.runs)} run(s) its fan-out started",
+                }
+            )
+        if siblings > 1:
+            links.append(
+                {
+                    "url": compare.url(event=run.event_id),
+                    "label": f"Compare the {siblings} runs of this event (and their fan-outs)",
+                }
+            )
+        if run.parent_id is not None:
+            links.append(
+                {
+                    "url": compare.url(family=[run.parent_id]),
+                    "label": "Compare the fan-out family this run belongs to",
+                }
+            )
+        if not links and any(s.group is not None for s in steps):
+            links.append(
+                {
+                    "url": compare.url(workflow_of=run.pk),
+                    "label": "Compare with recent runs of this workflow",
+                }
+            )
+        return links
+
+
+def _run_id_filter(term: str) -> Q | None:
+    try:
+        return Q(pk=uuid.UUID(term))
+    except ValueError:
+        pass
+    hexdigits = term.replace("-", "").lower()
+    if len(hexdigits) == 8 and all(c in "0123456789abcdef" for c in hexdigits):
+        # The list shows the first 8 characters of a run id: a UUID range holds them all.
+        low = uuid.UUID(hexdigits + "0" * 24)
+        high = uuid.UUID(hexdigits + "f" * 24)
+        return Q(pk__gte=low, pk__lte=high)
+    return None
+
+
+def _get_run(object_id: str) -> Run | None:
+    try:
+        return Run.objects.select_related("event").get(pk=uuid.UUID(str(object_id)))
+    except (ValueError, Run.DoesNotExist):
+        return None
+
+
+def _step_row(step: Step) -> dict[str, Any]:
+    attempts = step.attempts or []
+    last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+    failed = sum(1 for a in attempts if isinstance(a, dict) and a.get("error"))
+    return {
+        "step": step,
+        "status": status_badge(step.status),
+        "worker": last.get("worker", ""),
+        "duration": duration_text(step.duration),
+        "size": size_text(step.output_bytes),
+        "failed_attempts": failed,
+        "output": pretty_json(step.output),
+        "error": step.error or None,
+        "attempt_errors": [
+            {
+                "number": int(a.get("number", i)) + 1,
+                "error": a.get("error"),
+                "worker": a.get("worker", ""),
+            }
+            for i, a in enumerate(attempts)
+            if isinstance(a, dict) and a.get("error")
+        ],
+    }
