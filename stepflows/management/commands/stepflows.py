@@ -1,4 +1,4 @@
-"""`python manage.py stepflows <send|runs>`: send events and list runs."""
+"""`python manage.py stepflows <send|runs|recover>`: send events, list runs, recover stuck runs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class Command(BaseCommand):
         runs.add_argument("--limit", type=int, default=20)
         runs.add_argument("--status", default=None)
         runs.add_argument("--workflow", default=None)
+        recover = sub.add_parser("recover", help="find stuck runs and resume them")
+        recover.add_argument(
+            "--dry-run", action="store_true", help="list the stuck runs, resume nothing"
+        )
+        recover.add_argument("--limit", type=int, default=1000, help="at most this many runs")
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
@@ -56,3 +61,19 @@ class Command(BaseCommand):
                 f"{run.id!s:36}  {run.workflow_id[:24]:24} {run.status:10} "
                 f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}"
             )
+
+    def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
+        from ...engine.recovery import recover_stuck_runs
+
+        report = recover_stuck_runs(limit=limit, dry_run=dry_run)
+        done = {rid: "resumed" for rid in report.resumed}
+        done |= {rid: "FAILED" for rid in report.failed}
+        done |= {rid: "skipped (moved meanwhile)" for rid in report.skipped}
+        for stuck in report.found:
+            action = "would resume" if dry_run else done.get(stuck.run_id, "?")
+            self.stdout.write(f"{stuck.describe()}: {action}")
+        counts = report.counts()
+        self.stdout.write(
+            f"stuck runs: {counts['found']}, resumed: {counts['resumed']}, "
+            f"failed: {counts['failed']}, skipped: {counts['skipped']}"
+        )
