@@ -53,15 +53,14 @@ def broker_transport_options(broker_url: str) -> dict[str, Any]:
     return {}
 
 
-def beat_schedule(interval: float = RECOVERY_INTERVAL) -> dict[str, Any]:
+def beat_schedule(interval: float = RECOVERY_INTERVAL, queue: str | None = None) -> dict[str, Any]:
     """The periodic recovery of stuck runs, for ``beat_schedule`` (run ``celery beat``)."""
+    # A late recovery pass is useless once the next one is due.
+    options: dict[str, Any] = {"expires": interval}
+    if queue:
+        options["queue"] = queue
     return {
-        "stepflows-recover": {
-            "task": "stepflows.recover",
-            "schedule": interval,
-            # A late recovery pass is useless once the next one is due.
-            "options": {"expires": interval},
-        }
+        "stepflows-recover": {"task": "stepflows.recover", "schedule": interval, "options": options}
     }
 
 
