@@ -92,18 +92,25 @@ class FaultKit:
 
     def wait(self, run_ids: list[str], *, timeout: float = 240, recover: bool = True) -> list[Any]:
         """Wait until every run finished, running the recovery every second meanwhile."""
+        from django.db import DatabaseError, connection
+
         from stepflows.models import Run
 
         deadline = time.monotonic() + timeout
+        unfinished = len(run_ids)
         while True:
-            unfinished = Run.objects.filter(id__in=run_ids).active().count()
-            if unfinished == 0:
-                runs = {str(r.id): r for r in Run.objects.filter(id__in=run_ids)}
-                return [runs[r] for r in run_ids]
+            try:
+                unfinished = Run.objects.filter(id__in=run_ids).active().count()
+                if unfinished == 0:
+                    runs = {str(r.id): r for r in Run.objects.filter(id__in=run_ids)}
+                    return [runs[r] for r in run_ids]
+                if recover:
+                    self.recover()
+            except DatabaseError:
+                # The database is restarting (a fault the test injected): reconnect later.
+                connection.close()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{unfinished} of {len(run_ids)} runs unfinished")
-            if recover:
-                self.recover()
             time.sleep(1.0)
 
     def stop_all(self) -> None:
@@ -132,3 +139,17 @@ def faults(settings: Any) -> Iterator[FaultKit]:
         yield kit
     finally:
         kit.stop_all()
+
+
+def restart_command(variable: str, what: str) -> str | None:
+    """The command that restarts a service, from the environment.
+
+    Unset: the test skips, unless STEPFLOWS_REQUIRE_FAULTS=1 (CI), where it fails.
+    """
+    command = os.environ.get(variable)
+    if command:
+        return command
+    if os.environ.get("STEPFLOWS_REQUIRE_FAULTS") == "1":
+        pytest.fail(f"{variable} is not set: CI must say how to restart {what}")
+    pytest.skip(f"set {variable} to the command that restarts {what}")
+    return None
