@@ -8,11 +8,13 @@ killed while it held a run. Each leaves a run active with nothing on its way
 to it. :func:`recover_stuck_runs` finds those runs and sends each a new
 wake-up message.
 
-Resuming is idempotent: a run is resumed with one conditional update that
-bumps ``Run.wake``, so two recoveries at once resume it once, and any older
-message still on its way becomes a no-op. A run that is not stuck is not
-touched. A run that needs recovery more than ``MAX_RECOVERIES`` times is
-failed with :class:`~stepflows.exceptions.RecoveryLimitError`.
+Resuming is idempotent: a run is resumed with one conditional update (on its
+status, wake-up number and recovery count), so two recoveries at once resume
+it once; the message sent names the run's current wake-up, so it and any
+delayed original are interchangeable and only the first to arrive acts. A run
+that is not stuck is not touched; a run recovered before must stay idle twice
+as long (per recovery) to count as stuck again. A run that needs recovery more
+than ``MAX_RECOVERIES`` times is failed with :class:`~stepflows.exceptions.RecoveryLimitError`.
 """
 
 from __future__ import annotations
@@ -85,12 +87,20 @@ def _stuck(run: Run, reason: str) -> StuckRun:
     return StuckRun(str(run.id), run.workflow_id, run.status, run.wake, run.recoveries, reason)
 
 
+def _idle(latest: datetime, seconds: float, recoveries: int, now: datetime) -> bool:
+    """Idle for ``seconds``, doubled for each earlier recovery of the run.
+
+    A message that waits behind a long backlog looks lost; backing off keeps
+    recovery from piling up messages for such runs (and from failing them).
+    """
+    return latest < now - timedelta(seconds=seconds * 2 ** min(recoveries, 12))
+
+
 def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[StuckRun]:
     """Active runs that nothing will move again, oldest progress first."""
     now = now or timezone.now()
     conf = get_settings()
-    stall = now - timedelta(seconds=conf.RECOVERY_STALL_SECONDS)
-    join = now - timedelta(seconds=conf.RECOVERY_JOIN_SECONDS)
+    stall, join = conf.RECOVERY_STALL_SECONDS, conf.RECOVERY_JOIN_SECONDS
     found: list[StuckRun] = []
 
     expired = Run.objects.filter(status=RunStatus.RUNNING).lease_free(now)
@@ -100,15 +110,20 @@ def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[S
         Run.objects.filter(status=RunStatus.QUEUED)
         .lease_free(now)
         .annotate(last=Coalesce("progress_at", "created_at"))
-        .filter(last__lt=stall)
+        .filter(last__lt=now - timedelta(seconds=stall))
+        .order_by("last")
     )
-    found += [_stuck(r, "never-picked-up") for r in queued.order_by("last")[:limit]]
+    found += [
+        _stuck(r, "never-picked-up")
+        for r in queued[: limit * 2]
+        if _idle(r.last, stall, r.recoveries, now)
+    ]
 
     waiting = (
         Run.objects.filter(status=RunStatus.WAITING)
         .lease_free(now)
         .annotate(last=Coalesce("progress_at", "created_at"))
-        .filter(last__lt=max(stall, join))
+        .filter(last__lt=now - timedelta(seconds=min(stall, join)))
         .annotate(
             unfinished=Count("steps", filter=~_FINISHED),
             unfinished_inline=Count("steps", filter=~_FINISHED & Q(steps__group__isnull=True)),
@@ -119,25 +134,25 @@ def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[S
         .order_by("last")
     )
     for run in waiting[: limit * 2]:
-        reason = _waiting_reason(run, stall=stall, join=join)
+        reason = _waiting_reason(run, now=now, stall=stall, join=join)
         if reason is not None:
             found.append(_stuck(run, reason))
     return found[:limit]
 
 
-def _waiting_reason(run: Any, *, stall: datetime, join: datetime) -> str | None:
+def _waiting_reason(run: Any, *, now: datetime, stall: float, join: float) -> str | None:
     """Why a waiting run is stuck, or None when something may still move it."""
     moments = [run.last, run.last_start, run.last_end, run.last_retry]
     latest = max(m for m in moments if m is not None)
     if run.unfinished == 0:
-        if latest >= join:
+        if not _idle(latest, join, run.recoveries, now):
             return None  # the callback (or the retry message) may be on its way
         suspended_after_steps = run.last_end is not None and run.last <= run.last_end
         return "no-callback" if suspended_after_steps else "retry-overdue"
     if run.unfinished_inline:
         # An inline step waits for its retry; the message is due at progress_at.
-        return "retry-overdue" if latest < join else None
-    return "steps-stalled" if latest < stall else None
+        return "retry-overdue" if _idle(latest, join, run.recoveries, now) else None
+    return "steps-stalled" if _idle(latest, stall, run.recoveries, now) else None
 
 
 def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
@@ -150,7 +165,9 @@ def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
 
     now = now or timezone.now()
     limit = get_settings().MAX_RECOVERIES
-    same = Run.objects.filter(id=stuck.run_id, status=stuck.status, wake=stuck.wake).lease_free(now)
+    same = Run.objects.filter(
+        id=stuck.run_id, status=stuck.status, wake=stuck.wake, recoveries=stuck.recoveries
+    ).lease_free(now)
     with transaction.atomic():
         if stuck.recoveries >= limit:
             exc = RecoveryLimitError(
@@ -170,10 +187,11 @@ def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
             if done:
                 logger.error("%s", exc)
             return "failed" if done else "skipped"
+        # The wake-up number stays: a message merely delayed (not lost) stays valid,
+        # and whichever of it and ours comes first resumes the run; the other finds
+        # the run moved on. A run found running is no longer: it waits for our message.
         done = same.update(
-            # A run found running is no longer: it waits for the wake-up sent now.
             status=RunStatus.QUEUED if stuck.status == RunStatus.QUEUED else RunStatus.WAITING,
-            wake=F("wake") + 1,
             recoveries=F("recoveries") + 1,
             progress_at=now,
             lease_owner="",
@@ -181,7 +199,7 @@ def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
         )
         if not done:
             return "skipped"
-        wake = stuck.wake + 1
+        wake = stuck.wake
         transaction.on_commit(lambda: dispatch.execute_run(stuck.run_id, wake=wake), robust=True)
     logger.warning(
         "%s; resumed it (recovery %d of at most %d)", stuck.describe(), stuck.recoveries + 1, limit

@@ -123,7 +123,7 @@ def test_resuming_is_idempotent(faults):
     assert resume_stuck_run(stuck) == "resumed"
     assert resume_stuck_run(stuck) == "skipped"  # a second recovery at once does nothing
     run.refresh_from_db()
-    assert (run.recoveries, run.wake, run.status) == (1, 1, RunStatus.WAITING)
+    assert (run.recoveries, run.wake, run.status) == (1, 0, RunStatus.WAITING)
     assert str(run.id) not in reasons()  # it just made progress: not stuck any more
     report = recover_stuck_runs()
     assert str(run.id) not in report.resumed
