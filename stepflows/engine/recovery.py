@@ -147,8 +147,9 @@ def _waiting_reason(run: Any, *, now: datetime, stall: float, join: float) -> st
     if run.unfinished == 0:
         if not _idle(latest, join, run.recoveries, now):
             return None  # the callback (or the retry message) may be on its way
-        suspended_after_steps = run.last_end is not None and run.last <= run.last_end
-        return "no-callback" if suspended_after_steps else "retry-overdue"
+        # Suspended before its steps ended (or recovered since): it waits for a callback.
+        after_steps = run.last_end is not None and (run.last <= run.last_end or run.recoveries)
+        return "no-callback" if after_steps else "retry-overdue"
     if run.unfinished_inline:
         # An inline step waits for its retry; the message is due at progress_at.
         return "retry-overdue" if _idle(latest, join, run.recoveries, now) else None

@@ -32,6 +32,7 @@ def steps_done(run_ids):
     return Step.objects.filter(run_id__in=run_ids, status="completed").count()
 
 
+@pytest.mark.timeout(1800)
 def test_load_with_a_worker_killed_and_restarted_twice(faults, settings):
     # Under a backlog of thousands of messages a run can wait minutes for its turn:
     # recover only runs idle for a minute, so that recovery mostly finds lost work.
