@@ -21,11 +21,13 @@ QUICK = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
+# Floats below 1e15: PostgreSQL's jsonb keeps numbers, not their Python type, so a
+# large integral float (4.4e16) comes back as an int (a known limit, see README).
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False)
+    | st.floats(-1e15, 1e15)
     | st.text(max_size=30),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
