@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stepflows.celery_config import beat_schedule
+
 from .backends import broker_from_url, broker_transport, database_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -91,6 +93,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# stepflows' periodic recovery of stuck runs; `make demo` embeds beat in its worker,
+# production runs `celery -A project beat` next to the workers.
+CELERY_BEAT_SCHEDULE = beat_schedule(float(os.environ.get("STEPFLOWS_RECOVERY_INTERVAL", "30")))
 
 STEPFLOWS: dict[str, object] = {}
 

@@ -263,6 +263,8 @@ def retry_run(run: Run | Any) -> Run:
             lease_owner="",
             lease_expires_at=None,
             resumes=F("resumes") + 1,
+            recoveries=0,
+            progress_at=timezone.now(),
         )
         transaction.on_commit(lambda: dispatch.execute_run(run_id), robust=True)
     return Run.objects.get(pk=run_id)

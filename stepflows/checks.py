@@ -65,3 +65,74 @@ def check_workflows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 )
             )
     return errors
+
+
+def _celery_conf() -> Any:
+    from celery import current_app
+
+    return current_app.conf
+
+
+@register(Tags.compatibility)
+def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The worker settings stepflows' guarantees need (see stepflows.celery_config)."""
+    from django.core.checks import Warning
+
+    from .celery_config import REDIS_VISIBILITY_TIMEOUT
+    from .conf import get_settings
+
+    conf = _celery_conf()
+    messages: list[CheckMessage] = []
+    hint = "Apply stepflows.celery_config.RECOMMENDED to your Celery app (see the README)."
+    serializers = {
+        "task_serializer": [conf.task_serializer],
+        "result_serializer": [conf.result_serializer],
+        "accept_content": list(conf.accept_content or []),
+        "result_accept_content": list(conf.result_accept_content or []),
+    }
+    for name, values in serializers.items():
+        if any("pickle" in str(v) for v in values):
+            messages.append(
+                Error(
+                    f"Celery {name} = {values!r} allows pickle: anyone who can write to the "
+                    "broker could run code on your workers, and stepflows stores JSON only",
+                    hint=hint,
+                    id="stepflows.E010",
+                )
+            )
+    wanted = [
+        ("task_acks_late", True, "stepflows.W010", "a killed worker's message is lost"),
+        (
+            "task_reject_on_worker_lost",
+            True,
+            "stepflows.W011",
+            "a task whose worker process died is not given back to the queue",
+        ),
+    ]
+    for name, value, check_id, why in wanted:
+        if conf.get(name) != value:
+            messages.append(Warning(f"Celery {name} is not {value}: {why}", hint=hint, id=check_id))
+    if conf.worker_prefetch_multiplier != 1:
+        messages.append(
+            Warning(
+                f"Celery worker_prefetch_multiplier is {conf.worker_prefetch_multiplier}, not 1: "
+                "a killed worker takes more messages with it (recovery resends them late)",
+                hint=hint,
+                id="stepflows.W012",
+            )
+        )
+    broker = str(conf.broker_url or "")
+    if broker.startswith(("redis://", "rediss://")):
+        timeout = (conf.broker_transport_options or {}).get("visibility_timeout")
+        lease = get_settings().LEASE_SECONDS
+        if timeout is None or timeout < lease:
+            messages.append(
+                Warning(
+                    f"Redis visibility_timeout is {timeout!r}: set it explicitly, longer than "
+                    f"your longest step and than STEPFLOWS['LEASE_SECONDS'] = {lease} "
+                    f"(e.g. {REDIS_VISIBILITY_TIMEOUT}), or running steps are delivered twice",
+                    hint="broker_transport_options = {'visibility_timeout': 3600}",
+                    id="stepflows.W013",
+                )
+            )
+    return messages

@@ -38,6 +38,13 @@ class StepflowsSettings(BaseModel):
     MAX_STEP_ID_LENGTH: int = Field(200, ge=1, le=240)
     LEASE_SECONDS: float = Field(300.0, gt=0)
     """How long a worker may hold a run before another may take it over."""
+    RECOVERY_STALL_SECONDS: float = Field(300.0, gt=0)
+    """A queued or waiting run with no progress for this long is stuck: recovery resumes it.
+    Keep it above your longest parallel step."""
+    RECOVERY_JOIN_SECONDS: float = Field(30.0, gt=0)
+    """A run whose parallel steps all finished this long ago, with no callback, is stuck."""
+    MAX_RECOVERIES: int = Field(5, ge=0)
+    """Recoveries of one run before it is failed with RecoveryLimitError."""
     QUEUE: str | None = None
     """Celery queue for stepflows' tasks; None uses the project's default queue."""
 

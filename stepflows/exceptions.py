@@ -42,6 +42,10 @@ class RunStateError(StepflowsError):
     """The run is not in a state that allows this action."""
 
 
+class RecoveryLimitError(StepflowsError):
+    """The run was found stuck and resumed too many times (STEPFLOWS['MAX_RECOVERIES'])."""
+
+
 class WorkflowNotFoundError(StepflowsError, LookupError):
     """No workflow is registered under this id: is its `workflows.py` in an installed app?"""
 

@@ -152,6 +152,15 @@ class Run(models.Model):
     # invocation of the same run leaves it alone until then.
     lease_owner = models.CharField(max_length=100, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped each time the run is suspended or recovered. Messages carry the
+    # value they were sent for; a duplicate or stale message finds another
+    # value and does nothing (see stepflows.engine.recovery).
+    wake = models.PositiveIntegerField(_("wake-up number"), default=0)
+    # Last time the run made progress (claimed, suspended, recovered); for a
+    # delayed retry, the time it is due. Recovery looks for runs idle too long.
+    progress_at = models.DateTimeField(_("last progress"), null=True, blank=True)
+    # Times the recovery found this run stuck and resumed it.
+    recoveries = models.PositiveIntegerField(_("recoveries"), default=0)
 
     objects = RunQuerySet.as_manager()
 
@@ -170,6 +179,7 @@ class Run(models.Model):
             models.Index(fields=["-created_at"], name="stepflows_run_created_idx"),
             models.Index(fields=["status", "-created_at"], name="stepflows_run_status_idx"),
             models.Index(fields=["workflow_id", "-created_at"], name="stepflows_run_wf_idx"),
+            models.Index(fields=["status", "progress_at"], name="stepflows_run_progress_idx"),
         ]
 
     def __str__(self) -> str:

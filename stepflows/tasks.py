@@ -21,15 +21,15 @@ TASK_OPTIONS: dict[str, Any] = {
 @shared_task(
     name="stepflows.execute_run", ignore_result=True, acks_late=True, reject_on_worker_lost=True
 )
-def execute_run(run_id: str) -> None:
+def execute_run(run_id: str, wake: int | None = None) -> None:
     """Invoke a run's workflow function (its first invocation, or after a retry delay)."""
-    engine.execute_run(run_id)
+    engine.execute_run(run_id, wake=wake)
 
 
 @shared_task(name="stepflows.resume_run", **TASK_OPTIONS)
-def resume_run(run_id: str) -> None:
+def resume_run(run_id: str, wake: int | None = None) -> None:
     """Chord callback of a parallel group: re-invoke the run with every step's output."""
-    engine.execute_run(run_id)
+    engine.execute_run(run_id, wake=wake)
 
 
 @shared_task(name="stepflows.run_step", bind=True, max_retries=None, **TASK_OPTIONS)
@@ -38,3 +38,11 @@ def run_step(self: Any, run_id: str, step_id: str, position: int, group: int) ->
     outcome = engine.execute_step_task(run_id, step_id, position, group)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
+
+
+@shared_task(name="stepflows.recover", ignore_result=True)
+def recover() -> dict[str, int]:
+    """Find stuck runs and resume them (run it periodically, e.g. with celery beat)."""
+    from .engine.recovery import recover_stuck_runs
+
+    return recover_stuck_runs().counts()

@@ -38,6 +38,7 @@ class CeleryWorker:
         name: str = "stepflows-test",
         cwd: str | Path | None = None,
         ready_timeout: float = 60.0,
+        beat: bool = False,
     ) -> None:
         self.app = app
         self.env = {**os.environ, **(env or {})}
@@ -47,6 +48,8 @@ class CeleryWorker:
         self.name = name
         self.cwd = cwd
         self.ready_timeout = ready_timeout
+        # Embed celery beat (-B): the periodic tasks, such as stepflows' recovery.
+        self.beat = beat
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -73,6 +76,9 @@ class CeleryWorker:
         ]
         if self.queues:
             cmd += ["--queues", self.queues]
+        if self.beat:
+            schedule = self.logfile.with_name(f"{self.name}-beat-schedule")
+            cmd += ["--beat", "--schedule", str(schedule)]
         return cmd
 
     def start(self) -> CeleryWorker:

@@ -13,6 +13,7 @@ import uuid
 from project.backends import broker_from_url, broker_transport, database_from_url
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR, INSTALLED_APPS
+from stepflows.celery_config import beat_schedule
 
 SESSION = os.environ.setdefault("STEPFLOWS_TEST_SESSION", uuid.uuid4().hex[:10])
 SESSION_DIR = BASE_DIR / "var" / "test-runs" / SESSION
@@ -37,7 +38,13 @@ CELERY_TASK_DEFAULT_QUEUE = f"stepflows-test-{SESSION}"
 STEPFLOWS = {
     "RETRY_BASE_DELAY": 0.05,
     "RETRY_MAX_DELAY": 0.4,
-    "LEASE_SECONDS": 60,
+    # The fault-injection suite (tests/faults/) starts its workers with a short
+    # lease and its own queue, and recovers runs after seconds, not minutes.
+    "LEASE_SECONDS": float(os.environ.get("STEPFLOWS_TEST_LEASE_SECONDS", "60")),
+    "QUEUE": os.environ.get("STEPFLOWS_TEST_QUEUE") or None,
+    "RECOVERY_STALL_SECONDS": 8,
+    "RECOVERY_JOIN_SECONDS": 2,
+    "MAX_RECOVERIES": 20,
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -48,3 +55,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"stepflows": {"level": "INFO"}},
 }
+
+# The fault-injection suite's workers with embedded beat recover runs every second.
+CELERY_BEAT_SCHEDULE = beat_schedule(
+    float(os.environ.get("STEPFLOWS_TEST_RECOVERY_INTERVAL", "30")), queue=STEPFLOWS["QUEUE"]
+)

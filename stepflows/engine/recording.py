@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Value
+from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -39,19 +39,27 @@ def new_token() -> str:
 # -- runs -------------------------------------------------------------------
 
 
-def claim_run(run_id: Any, token: str) -> Run | None:
-    """Take the run's lease, or None when it is finished or another worker holds it."""
+def claim_run(run_id: Any, token: str, wake: int | None = None) -> Run | None:
+    """Take the run's lease, or None when it is finished or another worker holds it.
+
+    ``wake`` is the value the message was sent for (see ``Run.wake``): a
+    message for an older wake-up is stale and claims nothing. A message
+    without one (the first invocation, a manual retry) claims only a run that
+    is queued, or running under an expired lease.
+    """
     now = timezone.now()
     lease = timedelta(seconds=get_settings().LEASE_SECONDS)
-    claimed = (
-        Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES)
-        .lease_free(now)
-        .update(
-            status=RunStatus.RUNNING,
-            lease_owner=token,
-            lease_expires_at=now + lease,
-            started_at=Coalesce("started_at", Value(now)),
-        )
+    runs = Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES).lease_free(now)
+    if wake is None:
+        runs = runs.exclude(status=RunStatus.WAITING)
+    else:
+        runs = runs.filter(wake=wake)
+    claimed = runs.update(
+        status=RunStatus.RUNNING,
+        lease_owner=token,
+        lease_expires_at=now + lease,
+        started_at=Coalesce("started_at", Value(now)),
+        progress_at=now,
     )
     if not claimed:
         return None
@@ -127,10 +135,13 @@ def suspend_run(
         for p in planned
         if p.is_new
     ]
+    now = timezone.now()
     fields: dict[str, Any] = {
         "status": RunStatus.WAITING,
         "lease_owner": "",
         "lease_expires_at": None,
+        "wake": F("wake") + 1,
+        "progress_at": now + timedelta(seconds=countdown or 0),
     }
     if attempts is not None:
         fields["attempts"] = attempts
@@ -143,11 +154,15 @@ def suspend_run(
         if not released:
             # Cancelled meanwhile, or the lease was lost: dispatch nothing.
             return
+        # The messages name this wake-up; older ones (duplicates) become no-ops.
+        wake = Run.objects.filter(id=run_id).values_list("wake", flat=True).get()
         if planned:
-            transaction.on_commit(lambda: dispatch.parallel_group(run_id, planned), robust=True)
+            transaction.on_commit(
+                lambda: dispatch.parallel_group(run_id, planned, wake=wake), robust=True
+            )
         else:
             transaction.on_commit(
-                lambda: dispatch.execute_run(run_id, countdown=countdown), robust=True
+                lambda: dispatch.execute_run(run_id, countdown=countdown, wake=wake), robust=True
             )
 
 

@@ -47,10 +47,13 @@ def _tools(inv: Invocation) -> Step | StepSync:
     return Step(inv) if inv.workflow.is_async else StepSync(inv)
 
 
-def execute_run(run_id: Any) -> None:
-    """Invoke the run's workflow function once, from the top, under the run's lease."""
+def execute_run(run_id: Any, wake: int | None = None) -> None:
+    """Invoke the run's workflow function once, from the top, under the run's lease.
+
+    ``wake``: the wake-up the message was sent for; a stale one does nothing.
+    """
     token = recording.new_token()
-    run = recording.claim_run(run_id, token)
+    run = recording.claim_run(run_id, token, wake)
     if run is None:
         logger.debug("run %s: finished, cancelled or held by another worker; skipped", run_id)
         return

@@ -1,5 +1,5 @@
 """Test workflows, one module per topic; importing them registers them."""
 
-from .flows import admin_views, basics, fanout
+from .flows import admin_views, basics, fanout, faults
 
-__all__ = ["admin_views", "basics", "fanout"]
+__all__ = ["admin_views", "basics", "fanout", "faults"]

@@ -1,4 +1,4 @@
-"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay>`: events and runs."""
+"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay|recover>`: events and runs."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ class Command(BaseCommand):
         cancel.add_argument("run_ids", nargs="+", metavar="RUN_ID")
         replay = sub.add_parser("replay", help="start fresh runs of events")
         replay.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
+        recover = sub.add_parser("recover", help="find stuck runs and resume them")
+        recover.add_argument(
+            "--dry-run", action="store_true", help="list the stuck runs, resume nothing"
+        )
+        recover.add_argument("--limit", type=int, default=1000, help="at most this many runs")
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
@@ -134,3 +139,18 @@ class Command(BaseCommand):
             for run in runs:
                 self.stdout.write(f"  {run.id}  {run.workflow_id}")
         self._finish("replayed", problems, len(event_ids))
+    def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
+        from ...engine.recovery import recover_stuck_runs
+
+        report = recover_stuck_runs(limit=limit, dry_run=dry_run)
+        done = {rid: "resumed" for rid in report.resumed}
+        done |= {rid: "FAILED" for rid in report.failed}
+        done |= {rid: "skipped (moved meanwhile)" for rid in report.skipped}
+        for stuck in report.found:
+            action = "would resume" if dry_run else done.get(stuck.run_id, "?")
+            self.stdout.write(f"{stuck.describe()}: {action}")
+        counts = report.counts()
+        self.stdout.write(
+            f"stuck runs: {counts['found']}, resumed: {counts['resumed']}, "
+            f"failed: {counts['failed']}, skipped: {counts['skipped']}"
+        )

@@ -55,8 +55,9 @@ class Command(BaseCommand):
             logfile=settings.VAR_DIR / "demo-worker.log",
             name="demo",
             cwd=settings.BASE_DIR,
+            beat=True,  # runs the periodic recovery of stuck runs (CELERY_BEAT_SCHEDULE)
         )
-        self.stdout.write("Starting a Celery worker (2 processes)...")
+        self.stdout.write("Starting a Celery worker (2 processes, with beat)...")
         worker.start()
         server: subprocess.Popen[bytes] | None = None
         try:

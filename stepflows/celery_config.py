@@ -1,0 +1,73 @@
+"""The Celery configuration stepflows' guarantees rely on.
+
+Apply it to the project's Celery app::
+
+    from stepflows.celery_config import RECOMMENDED, beat_schedule
+
+    app.conf.update(RECOMMENDED)
+    app.conf.beat_schedule = {**app.conf.beat_schedule, **beat_schedule()}
+
+or, with ``config_from_object("django.conf:settings", namespace="CELERY")``,
+in Django settings::
+
+    globals().update(django_settings())
+
+``manage.py check`` warns when the app lacks one of these
+(``stepflows.W010``-``W013``) and reports an error when pickle is accepted
+(``stepflows.E010``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECOMMENDED: dict[str, Any] = {
+    # JSON only: a pickle message from anyone who can write to the broker runs code.
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    # Acknowledge a message after its task ran, and give it back to the queue when
+    # the worker process running it dies: a killed worker's step runs again.
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    # One message at a time per process: a killed worker takes few messages with it.
+    "worker_prefetch_multiplier": 1,
+}
+
+REDIS_VISIBILITY_TIMEOUT = 3600
+"""Seconds before Redis gives an unacknowledged message to another worker.
+
+Longer than your longest step (or the step runs twice while it still runs);
+messages of a worker killed outright come back after it, or earlier through
+``stepflows recover``.
+"""
+
+RECOVERY_INTERVAL = 60.0
+
+
+def broker_transport_options(broker_url: str) -> dict[str, Any]:
+    """Transport options for the broker (Redis: an explicit visibility timeout)."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    return {}
+
+
+def beat_schedule(interval: float = RECOVERY_INTERVAL, queue: str | None = None) -> dict[str, Any]:
+    """The periodic recovery of stuck runs, for ``beat_schedule`` (run ``celery beat``)."""
+    # A late recovery pass is useless once the next one is due.
+    options: dict[str, Any] = {"expires": interval}
+    if queue:
+        options["queue"] = queue
+    return {
+        "stepflows-recover": {"task": "stepflows.recover", "schedule": interval, "options": options}
+    }
+
+
+def django_settings(
+    namespace: str = "CELERY", interval: float = RECOVERY_INTERVAL
+) -> dict[str, Any]:
+    """RECOMMENDED and the recovery schedule as Django settings (``CELERY_TASK_ACKS_LATE``...)."""
+    values = {f"{namespace}_{k.upper()}": v for k, v in RECOMMENDED.items()}
+    values[f"{namespace}_BEAT_SCHEDULE"] = beat_schedule(interval)
+    return values

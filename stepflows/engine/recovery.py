@@ -1,0 +1,222 @@
+"""Recovery: find runs that no message will ever move again, and resume them.
+
+Celery loses work in known ways: a chord callback never published (a crash
+between the join and the publish, or a header task delivered twice that
+completes the join before every step is done), messages lost with a killed
+worker (the embedded broker, or Redis before its visibility timeout), a worker
+killed while it held a run. Each leaves a run active with nothing on its way
+to it. :func:`recover_stuck_runs` finds those runs and sends each a new
+wake-up message.
+
+Resuming is idempotent: a run is resumed with one conditional update (on its
+status, wake-up number and recovery count), so two recoveries at once resume
+it once; the message sent names the run's current wake-up, so it and any
+delayed original are interchangeable and only the first to arrive acts. A run
+that is not stuck is not touched; a run recovered before must stay idle twice
+as long (per recovery) to count as stuck again. A run that needs recovery more
+than ``MAX_RECOVERIES`` times is failed with :class:`~stepflows.exceptions.RecoveryLimitError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, F, Max, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from ..conf import get_settings
+from ..exceptions import RecoveryLimitError
+from ..models import Run, RunStatus, StepStatus
+from .invocation import error_dict
+
+logger = logging.getLogger("stepflows.recovery")
+
+REASONS = {
+    "lease-expired": "a worker stopped while it executed the run (its lease expired)",
+    "never-picked-up": "queued, and no worker ever started it",
+    "no-callback": "every step of its parallel group finished, but no callback came",
+    "steps-stalled": "its parallel steps made no progress (their messages were lost)",
+    "retry-overdue": "a retry came due, but no message came to run it",
+}
+
+_FINISHED = Q(steps__status__in=[StepStatus.COMPLETED, StepStatus.FAILED])
+
+
+@dataclass(frozen=True)
+class StuckRun:
+    """A run that no message will move again, and why."""
+
+    run_id: str
+    workflow_id: str
+    status: str
+    wake: int
+    recoveries: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"workflow {self.workflow_id!r}, run {self.run_id}: {REASONS[self.reason]}"
+
+
+@dataclass
+class RecoveryReport:
+    """What one pass of the recovery found and did."""
+
+    found: list[StuckRun] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        by_reason = Counter(s.reason for s in self.found)
+        return {
+            "found": len(self.found),
+            "resumed": len(self.resumed),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            **{f"reason:{r}": n for r, n in sorted(by_reason.items())},
+        }
+
+
+def _stuck(run: Run, reason: str) -> StuckRun:
+    return StuckRun(str(run.id), run.workflow_id, run.status, run.wake, run.recoveries, reason)
+
+
+def _idle(latest: datetime, seconds: float, recoveries: int, now: datetime) -> bool:
+    """Idle for ``seconds``, doubled for each earlier recovery of the run.
+
+    A message that waits behind a long backlog looks lost; backing off keeps
+    recovery from piling up messages for such runs (and from failing them).
+    """
+    return latest < now - timedelta(seconds=seconds * 2 ** min(recoveries, 12))
+
+
+def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[StuckRun]:
+    """Active runs that nothing will move again, oldest progress first."""
+    now = now or timezone.now()
+    conf = get_settings()
+    stall, join = conf.RECOVERY_STALL_SECONDS, conf.RECOVERY_JOIN_SECONDS
+    found: list[StuckRun] = []
+
+    expired = Run.objects.filter(status=RunStatus.RUNNING).lease_free(now)
+    found += [_stuck(r, "lease-expired") for r in expired.order_by("lease_expires_at")[:limit]]
+
+    queued = (
+        Run.objects.filter(status=RunStatus.QUEUED)
+        .lease_free(now)
+        .annotate(last=Coalesce("progress_at", "created_at"))
+        .filter(last__lt=now - timedelta(seconds=stall))
+        .order_by("last")
+    )
+    found += [
+        _stuck(r, "never-picked-up")
+        for r in queued[: limit * 2]
+        if _idle(r.last, stall, r.recoveries, now)
+    ]
+
+    waiting = (
+        Run.objects.filter(status=RunStatus.WAITING)
+        .lease_free(now)
+        .annotate(last=Coalesce("progress_at", "created_at"))
+        .filter(last__lt=now - timedelta(seconds=min(stall, join)))
+        .annotate(
+            unfinished=Count("steps", filter=~_FINISHED),
+            unfinished_inline=Count("steps", filter=~_FINISHED & Q(steps__group__isnull=True)),
+            last_start=Max("steps__started_at"),
+            last_end=Max("steps__ended_at"),
+            last_retry=Max("steps__retry_at"),
+        )
+        .order_by("last")
+    )
+    for run in waiting[: limit * 2]:
+        reason = _waiting_reason(run, now=now, stall=stall, join=join)
+        if reason is not None:
+            found.append(_stuck(run, reason))
+    return found[:limit]
+
+
+def _waiting_reason(run: Any, *, now: datetime, stall: float, join: float) -> str | None:
+    """Why a waiting run is stuck, or None when something may still move it."""
+    moments = [run.last, run.last_start, run.last_end, run.last_retry]
+    latest = max(m for m in moments if m is not None)
+    if run.unfinished == 0:
+        if not _idle(latest, join, run.recoveries, now):
+            return None  # the callback (or the retry message) may be on its way
+        # Suspended before its steps ended (or recovered since): it waits for a callback.
+        after_steps = run.last_end is not None and (run.last <= run.last_end or run.recoveries)
+        return "no-callback" if after_steps else "retry-overdue"
+    if run.unfinished_inline:
+        # An inline step waits for its retry; the message is due at progress_at.
+        return "retry-overdue" if _idle(latest, join, run.recoveries, now) else None
+    return "steps-stalled" if _idle(latest, stall, run.recoveries, now) else None
+
+
+def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
+    """Resume (or, past MAX_RECOVERIES, fail) one stuck run; returns what was done.
+
+    ``"resumed"``, ``"failed"``, or ``"skipped"`` when the run moved meanwhile
+    (another recovery, or a late message, got to it first).
+    """
+    from .. import dispatch
+
+    now = now or timezone.now()
+    limit = get_settings().MAX_RECOVERIES
+    same = Run.objects.filter(
+        id=stuck.run_id, status=stuck.status, wake=stuck.wake, recoveries=stuck.recoveries
+    ).lease_free(now)
+    with transaction.atomic():
+        if stuck.recoveries >= limit:
+            exc = RecoveryLimitError(
+                f"{stuck.describe()}. It was found stuck {stuck.recoveries + 1} times; "
+                f"STEPFLOWS['MAX_RECOVERIES'] = {limit}. Something keeps stopping it (a step "
+                "that kills its worker? messages lost?): check the worker logs, fix the "
+                "cause, then retry the run."
+            )
+            done = same.update(
+                status=RunStatus.FAILED,
+                error=error_dict(exc) | {"traceback": "", "reason": stuck.reason},
+                ended_at=now,
+                lease_owner="",
+                lease_expires_at=None,
+                wake=F("wake") + 1,
+            )
+            if done:
+                logger.error("%s", exc)
+            return "failed" if done else "skipped"
+        # The wake-up number stays: a message merely delayed (not lost) stays valid,
+        # and whichever of it and ours comes first resumes the run; the other finds
+        # the run moved on. A run found running is no longer: it waits for our message.
+        done = same.update(
+            status=RunStatus.QUEUED if stuck.status == RunStatus.QUEUED else RunStatus.WAITING,
+            recoveries=F("recoveries") + 1,
+            progress_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        if not done:
+            return "skipped"
+        wake = stuck.wake
+        transaction.on_commit(lambda: dispatch.execute_run(stuck.run_id, wake=wake), robust=True)
+    logger.warning(
+        "%s; resumed it (recovery %d of at most %d)", stuck.describe(), stuck.recoveries + 1, limit
+    )
+    return "resumed"
+
+
+def recover_stuck_runs(
+    now: datetime | None = None, *, limit: int = 1000, dry_run: bool = False
+) -> RecoveryReport:
+    """One pass: find the stuck runs and resume each (fail those past MAX_RECOVERIES)."""
+    now = now or timezone.now()
+    report = RecoveryReport(found=find_stuck_runs(now, limit=limit))
+    if dry_run:
+        return report
+    for stuck in report.found:
+        outcome = resume_stuck_run(stuck, now)
+        getattr(report, outcome).append(stuck.run_id)
+    return report

@@ -1,0 +1,52 @@
+"""System checks of the Celery settings the guarantees need."""
+
+from __future__ import annotations
+
+import pytest
+from celery import current_app
+
+from stepflows.celery_config import RECOMMENDED, django_settings
+from stepflows.checks import check_celery
+
+
+@pytest.fixture
+def conf():
+    saved = {
+        k: current_app.conf.get(k) for k in [*RECOMMENDED, "broker_url", "broker_transport_options"]
+    }
+    yield current_app.conf
+    current_app.conf.update(saved)
+
+
+def ids(messages):
+    return sorted(m.id for m in messages)
+
+
+def test_the_recommended_config_passes(conf):
+    conf.update(RECOMMENDED)
+    assert ids(check_celery()) == []
+
+
+def test_missing_worker_settings_warn(conf):
+    conf.update(task_acks_late=False, task_reject_on_worker_lost=None, worker_prefetch_multiplier=4)
+    assert ids(check_celery()) == ["stepflows.W010", "stepflows.W011", "stepflows.W012"]
+
+
+def test_pickle_is_an_error(conf):
+    conf.update(accept_content=["json", "pickle"], task_serializer="pickle")
+    messages = check_celery()
+    assert ids(messages).count("stepflows.E010") == 2
+    assert all(m.is_serious() for m in messages if m.id == "stepflows.E010")
+
+
+def test_redis_without_visibility_timeout_warns(conf):
+    conf.update(broker_url="redis://127.0.0.1:6379/0", broker_transport_options={})
+    assert "stepflows.W013" in ids(check_celery())
+    conf.update(broker_transport_options={"visibility_timeout": 3600})
+    assert "stepflows.W013" not in ids(check_celery())
+
+
+def test_django_settings_form():
+    values = django_settings()
+    assert values["CELERY_TASK_ACKS_LATE"] is True
+    assert values["CELERY_BEAT_SCHEDULE"]["stepflows-recover"]["task"] == "stepflows.recover"

@@ -1,0 +1,96 @@
+"""Restart the database, then the broker, while runs are in flight: every run completes.
+
+The restart commands come from the environment (``.ci/run`` sets them for its
+services): STEPFLOWS_TEST_DB_RESTART_CMD and STEPFLOWS_TEST_BROKER_RESTART_CMD.
+On the embedded default, SQLite is a file with no server to restart, and
+"restarting the broker" means killing the worker while messages sit in the
+broker's folder and starting a new one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from django.db import connection
+
+from stepflows.models import RunStatus, Step
+from tests.faults.conftest import record_figures, restart_command, wait_for_marks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUNS = 6
+
+
+def send_runs(faults, key):
+    keys = [f"{key}-{i}" for i in range(RUNS)]
+    ids = [faults.send("test/fault-parallel", {"key": k, "seconds": 2}) for k in keys]
+    wait_for_marks(f"{keys[0]}-slow-start")  # mid-run: steps are running
+    return ids
+
+
+def restart(command):
+    started = time.monotonic()
+    subprocess.run(command, shell=True, check=True, timeout=180, capture_output=True)
+    return time.monotonic() - started
+
+
+def check_done(run_ids):
+    from stepflows.models import Run
+
+    runs = list(Run.objects.filter(id__in=run_ids))
+    assert len(runs) == RUNS
+    assert all(r.status == RunStatus.COMPLETED for r in runs), [(r.status, r.error) for r in runs]
+    steps = Step.objects.filter(run_id__in=run_ids)
+    assert steps.count() == 3 * RUNS
+    assert all(s.attempt_count == 1 for s in steps)
+
+
+def test_database_restart_mid_run(faults, key):
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite is a file in the worker's own process: there is no server to restart")
+    command = restart_command("STEPFLOWS_TEST_DB_RESTART_CMD", "the PostgreSQL server")
+    faults.worker("db-restart", concurrency=2)
+    run_ids = send_runs(faults, key)
+    connection.close()
+    took = restart(command)
+    connection.close()
+    faults.wait(run_ids, timeout=300)
+    check_done(run_ids)
+    record_figures(
+        "PostgreSQL restarted mid-run",
+        runs=RUNS,
+        steps=3 * RUNS,
+        faults=1,
+        lost=0,
+        doubled=0,
+        recoveries=faults.recovered,
+        restart_seconds=round(took, 1),
+    )
+
+
+def test_broker_restart_mid_run(faults, key, settings):
+    broker = settings.CELERY_BROKER_URL
+    worker = faults.worker("broker-restart", concurrency=2)
+    run_ids = send_runs(faults, key)
+    if broker.startswith("filesystem"):
+        # No server: the broker is the folder. Kill the worker with messages in it.
+        worker.kill()
+        took = 0.0
+        faults.worker("broker-restart-new", concurrency=2)
+    else:
+        command = restart_command("STEPFLOWS_TEST_BROKER_RESTART_CMD", "the broker")
+        took = restart(command)
+    faults.wait(run_ids, timeout=300)
+    check_done(run_ids)
+    record_figures(
+        "broker restarted mid-run",
+        runs=RUNS,
+        steps=3 * RUNS,
+        faults=1,
+        lost=0,
+        doubled=0,
+        recoveries=faults.recovered,
+        restart_seconds=round(took, 1),
+    )
