@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import logging
 import typing
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from ..exceptions import OutputSerializationError
+
+# An escaped NUL in JSON text, not preceded by an escaped backslash.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 _NO_TYPE = (None, Any, inspect.Signature.empty, object)
 
@@ -37,6 +41,13 @@ def to_json(value: Any, *, where: str) -> tuple[Any, int]:
             f"({type(value).__name__}: {exc}). Return dicts, lists, strings, numbers, "
             "booleans, None, or pydantic models; NaN and infinity are not allowed."
         ) from None
+    if _NUL.search(text):
+        # PostgreSQL's jsonb cannot hold U+0000; refuse it on every backend alike.
+        raise OutputSerializationError(
+            f"{where} returned a value whose text contains the NUL character (U+0000), "
+            "which cannot be stored as JSON in PostgreSQL. Remove it, or encode binary "
+            "data (base64) before returning it."
+        )
     return data, len(text.encode())
 
 

@@ -65,3 +65,13 @@ def test_logger_is_quiet_while_replaying(caplog):
         ctx.logger.info("fresh line")
     assert [r.getMessage() for r in caplog.records] == ["fresh line"]
     assert caplog.records[0].run_id == "r"
+
+
+@pytest.mark.parametrize("value", ["a\x00b", {"\x00": 1}, ["ok", {"k": "nul\x00"}]])
+def test_nul_characters_are_refused_on_every_backend(value):
+    with pytest.raises(OutputSerializationError, match="NUL"):
+        to_json(value, where="step x")
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul():
+    assert to_json("back\\u0000slash", where="")[0] == "back\\u0000slash"
