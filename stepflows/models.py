@@ -122,6 +122,11 @@ class Run(models.Model):
     # invocation of the same run leaves it alone until then.
     lease_owner = models.CharField(max_length=100, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The join of the parallel group the run waits for: its first position and
+    # how many of its steps have not finished yet. The step task that finishes
+    # the last one resumes the run (see stepflows.engine.recording.save_step).
+    join_group = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    join_pending = models.PositiveIntegerField(default=0, editable=False)
 
     objects = RunQuerySet.as_manager()
 

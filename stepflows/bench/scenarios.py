@@ -7,6 +7,7 @@ callback's result stored); both sides are polled the same way.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -97,12 +98,12 @@ def time_runs(name: str, data: dict[str, Any], count: int = 1) -> float:
 
 
 def time_chords(width: int, count: int = 1) -> float:
-    options = {"queue": settings.CELERY_TASK_DEFAULT_QUEUE}
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
     start = time.perf_counter()
     callbacks = []
     for _ in range(count):
-        header = [noop_task.si().set(**options) for _ in range(width)]
-        callbacks.append(chord(header)(callback_task.si().set(**options)).id)
+        header = [noop_task.si().set(queue=queue) for _ in range(width)]
+        callbacks.append(chord(header)(callback_task.si().set(queue=queue)).id)
     wait_tasks(callbacks)
     return time.perf_counter() - start
 
@@ -142,8 +143,8 @@ def side_by_side(
 def parallel(opts: Options, res: Results, log: Callable[[str], None]) -> None:
     for n in opts.parallel_sizes:
         floors, ours = side_by_side(
-            lambda n=n: time_chords(n),
-            lambda n=n: time_runs("bench/parallel", {"n": n}),
+            functools.partial(time_chords, n),
+            functools.partial(time_runs, "bench/parallel", {"n": n}),
             opts.repeats,
             opts.warmup,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -131,6 +132,9 @@ def suspend_run(
         "status": RunStatus.WAITING,
         "lease_owner": "",
         "lease_expires_at": None,
+        # The group's join: its steps count down, the last one resumes the run.
+        "join_group": planned[0].group if planned else None,
+        "join_pending": len(planned),
     }
     if attempts is not None:
         fields["attempts"] = attempts
@@ -170,45 +174,64 @@ def _values(rec: StepRecord, ended: Any) -> dict[str, Any]:
 
 
 def save_step(run_id: Any, rec: StepRecord, *, exists: bool) -> StepRecord:
-    """Store one attempt's outcome with one statement; returns what is stored.
+    """Store one attempt's outcome with one conditional statement; returns what is stored.
 
     A finished step is never overwritten: when another worker finished it
-    first (a duplicate delivery), its record stands and is returned.
+    first (a duplicate delivery), its record stands and is returned. A step of
+    a parallel group that finishes counts the group's join down in the same
+    transaction; the one that reaches zero resumes the run after commit.
     """
     ended = timezone.now() if rec.is_finished else None
     values = _values(rec, ended)
-    if not exists:
-        try:
-            if connection.in_atomic_block:
-                with transaction.atomic():
-                    Step.objects.create(
-                        run_id=run_id,
-                        step_id=rec.step_id,
-                        position=rec.position,
-                        group=rec.group,
-                        **values,
-                    )
-            else:
-                Step.objects.create(
-                    run_id=run_id,
-                    step_id=rec.step_id,
-                    position=rec.position,
-                    group=rec.group,
-                    **values,
-                )
-            return rec
-        except IntegrityError:
-            pass
-    else:
-        updated = (
-            Step.objects.filter(run_id=run_id, step_id=rec.step_id)
-            .exclude(status__in=FINISHED_STEP)
-            .update(**values)
-        )
-        if updated:
-            return rec
+    joins = rec.group is not None and rec.is_finished
+    try:
+        with transaction.atomic() if (joins or connection.in_atomic_block) else nullcontext():
+            if _write_step(run_id, rec, values, exists=exists):
+                if joins:
+                    _count_down(run_id, rec.group)
+                return rec
+    except IntegrityError:
+        pass
     stored = Step.objects.filter(run_id=run_id, step_id=rec.step_id).values_list(*FIELDS).get()
     return StepRecord(*stored)
+
+
+def _write_step(run_id: Any, rec: StepRecord, values: dict[str, Any], *, exists: bool) -> bool:
+    """INSERT a new step or UPDATE an unfinished one; False when it had already finished."""
+    if not exists:
+        Step.objects.create(
+            run_id=run_id, step_id=rec.step_id, position=rec.position, group=rec.group, **values
+        )
+        return True
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=rec.step_id)
+        .exclude(status__in=FINISHED_STEP)
+        .update(**values)
+    )
+
+
+def _count_down(run_id: Any, group: int | None) -> None:
+    """One step of the group finished: decrement the join; at zero, resume the run.
+
+    This replaces the chord's result-backend join: the callback needs no
+    header results (outputs live in Step rows), only "all finished". The
+    decrement runs in the transaction that finished the step, and only when
+    that step really went from unfinished to finished, so a redelivered step
+    task never counts twice; the run row's lock orders concurrent steps, so
+    exactly one of them sees zero.
+    """
+    from .. import dispatch
+
+    table = Run._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(table)} SET join_pending = join_pending - 1 "
+            "WHERE id = %s AND join_group = %s AND join_pending > 0 RETURNING join_pending",
+            [Run._meta.pk.get_db_prep_value(run_id, connection), group],
+        )
+        row = cursor.fetchone()
+    if row is not None and row[0] == 0:
+        transaction.on_commit(lambda: dispatch.resume_run(run_id), robust=True)
 
 
 def mark_step_running(run_id: Any, step_id: str) -> bool:

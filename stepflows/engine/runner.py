@@ -21,7 +21,7 @@ from ..registry import Workflow, registry
 from . import recording
 from .control import Cancelled, StepOutcome, Suspend, TargetReached
 from .invocation import FINAL_ERRORS, Invocation, StepCall, Target, error_dict
-from .memo import load_memo
+from .memo import load_memo, memo_for_step_task
 from .retry import delay_for
 from .serialization import to_json
 from .tools import Step, StepSync
@@ -132,7 +132,7 @@ def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> S
     run = Run.objects.select_related("event").filter(id=run_id).first()
     if run is None or run.status not in ACTIVE_RUN_STATUSES:
         return done
-    memo = load_memo(run.id, before_group=group, plus_step=step_id)
+    memo = memo_for_step_task(run.id, group, run.resumes, step_id)
     record = memo.get(position)
     if record is None or record.step_id != step_id:
         logger.error("run %s: step task for unknown step %r at %d", run_id, step_id, position)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import api
