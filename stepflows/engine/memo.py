@@ -146,14 +146,18 @@ def _cached_base(run_id: Any, group: int, resumes: int) -> Memo:
     return memo
 
 
-def memo_for_step_task(run_id: Any, group: int, resumes: int, step_id: str) -> Memo:
+def memo_for_step_task(run_id: Any, group: int, resumes: int, own: StepRecord) -> Memo:
     """The memo a step task replays with: cached steps before its group, plus its own row.
 
-    One query (its own step) once the group is cached in this process.
+    No query once the group is cached in this process (the step task reads
+    its own row together with the run).
     """
-    base = _cached_base(run_id, group, resumes)
-    own = Step.objects.filter(run_id=run_id, step_id=step_id).values_list(*FIELDS).first()
-    return Memo([StepRecord(*own)] if own else [], base=base)
+    return Memo([own], base=_cached_base(run_id, group, resumes))
+
+
+def record_of(step: Step) -> StepRecord:
+    """A StepRecord from a Step model instance."""
+    return StepRecord(*(getattr(step, name) for name in FIELDS))
 
 
 def clear_cache() -> None:

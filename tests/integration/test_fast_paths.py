@@ -40,16 +40,15 @@ def test_step_task_memo_is_cached_per_run_group_and_resumes():
     clear_cache()
     run = make_run(RunStatus.WAITING)
     recording.save_step(run.id, done("first", 0, output="kept"), exists=False)
-    for pos, sid in ((1, "a"), (2, "b")):
-        Step.objects.create(run=run, step_id=sid, position=pos, group=1)
-    memo, n = queries(lambda: memo_for_step_task(run.id, 1, 0, "a"))
-    assert n == 2 and memo.get(0).output == "kept" and memo.get(1).step_id == "a"
-    memo, n = queries(lambda: memo_for_step_task(run.id, 1, 0, "b"))
-    assert n == 1, "the steps before the group come from the cache"
+    a, b = (StepRecord(sid, pos, 1, StepStatus.SCHEDULED) for pos, sid in ((1, "a"), (2, "b")))
+    memo, n = queries(lambda: memo_for_step_task(run.id, 1, 0, a))
+    assert n == 1 and memo.get(0).output == "kept" and memo.get(1).step_id == "a"
+    memo, n = queries(lambda: memo_for_step_task(run.id, 1, 0, b))
+    assert n == 0, "the steps before the group come from the cache"
     assert memo.get(0).output == "kept" and memo.get(2).step_id == "b" and memo.count == 2
     # After api.retry_run (resumes + 1) the rows are read again.
-    _, n = queries(lambda: memo_for_step_task(run.id, 1, 1, "b"))
-    assert n == 2
+    _, n = queries(lambda: memo_for_step_task(run.id, 1, 1, b))
+    assert n == 1
 
 
 def test_new_inline_step_is_one_statement_and_refused_once_cancelled():
