@@ -16,6 +16,8 @@ from importlib import import_module
 _base = import_module(os.environ.get("STEPFLOWS_BENCH_BASE_SETTINGS", "project.settings"))
 globals().update({k: v for k, v in vars(_base).items() if k.isupper()})
 
+# As in production: no query log, no debug cursor (the same for both sides).
+DEBUG = False
 INSTALLED_APPS = [*_base.INSTALLED_APPS, "stepflows.bench"]
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("STEPFLOWS_BENCH_QUEUE", "stepflows-bench")
 STEPFLOWS = {**getattr(_base, "STEPFLOWS", {}), "QUEUE": None}
