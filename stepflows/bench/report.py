@@ -28,7 +28,7 @@ def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
             "sequential_in_run_ms_per_step": {
                 str(n): _r(v["in_run_ms_per_step"], 3) for n, v in res.sequential.items()
             },
-            "throughput_steps_per_s": {k: _r(v, 1) for k, v in res.throughput.items()},
+            "throughput_steps_per_s": {k: _r(v, 2) for k, v in res.throughput.items()},
             "rss": res.rss,
             **meta,
         },
