@@ -33,5 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check stepflows project tests
 	$(BIN)/mypy stepflows project
 
+## bench: stepflows vs raw Celery chords (embedded default; DATABASE_URL / CELERY_BROKER_URL
+## for PostgreSQL / Redis / RabbitMQ). BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(BIN)/python manage.py stepflows bench $(BENCH_ARGS)
+
 clean:
-	rm -rf var/test-runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/test-runs var/bench .pytest_cache .mypy_cache .ruff_cache

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from celery import chord, group
+from celery import group
 
 from .conf import get_settings
 from .engine.control import PlannedStep
@@ -27,28 +28,37 @@ def execute_run(run_id: Any, *, countdown: float | None = None, wake: int | None
 
 
 def parallel_group(run_id: Any, planned: list[PlannedStep], *, wake: int | None = None) -> None:
-    """One task per planned step, joined by a chord whose callback resumes the run.
+    """One task per planned step; the last one to finish resumes the run.
 
-    The header tasks return nothing: step outputs live in Step rows, so the
-    chord only carries the join.
+    Semantically this is the Celery chord of the design (header: the step
+    tasks; callback: ``resume_run``), with the join kept on the run row
+    (``Run.join_pending``, counted down in the transaction that records each
+    step, see ``recording.save_step``) instead of in the result backend: the
+    callback needs no header results, since outputs live in Step rows. So the
+    step tasks store no results. A callback lost between that commit and its
+    publish leaves a waiting run whose group has finished; recovery finds and
+    resumes it, as it would a chord whose callback was lost. ``wake`` is the
+    run's wake-up number when it suspended; the callback carries it.
     """
-    from .tasks import resume_run, run_step
+    from .tasks import run_step
 
-    options = _options()
-    header = [
+    options = {**_options(), "ignore_result": True}
+    group(
         run_step.si(str(run_id), p.step_id, p.position, p.group).set(**options) for p in planned
-    ]
-    kwargs = {"wake": wake} if wake is not None else {}
-    callback = resume_run.si(str(run_id), **kwargs).set(**options)
+    ).apply_async()
+
+
+def resume_run(run_id: Any, *, wake: int | None = None) -> None:
+    """Queue the re-invocation of a run whose parallel group finished (the chord callback)."""
+    from .tasks import resume_run as task
+
     if _drop_callbacks():
-        # Test hook: the crash between the chord's join and the callback's publish.
-        group(header).apply_async()
+        # Test hook: the crash between the join's commit and the callback's publish.
         return
-    chord(header)(callback)
+    kwargs = {"wake": wake} if wake is not None else {}
+    task.apply_async(args=(str(run_id),), kwargs=kwargs, **_options())
 
 
 def _drop_callbacks() -> bool:
-    """True when the fault-injection suite asks to lose every chord callback."""
-    import os
-
+    """True when the fault-injection suite asks to lose every group's callback."""
     return os.environ.get("STEPFLOWS_FAULT_DROP_CALLBACKS") == "1"

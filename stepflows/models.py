@@ -161,6 +161,11 @@ class Run(models.Model):
     progress_at = models.DateTimeField(_("last progress"), null=True, blank=True)
     # Times the recovery found this run stuck and resumed it.
     recoveries = models.PositiveIntegerField(_("recoveries"), default=0)
+    # The join of the parallel group the run waits for: its first position and
+    # how many of its steps have not finished yet. The step task that finishes
+    # the last one resumes the run (see stepflows.engine.recording.save_step).
+    join_group = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    join_pending = models.PositiveIntegerField(default=0, editable=False)
 
     objects = RunQuerySet.as_manager()
 

@@ -26,7 +26,9 @@ def execute_run(run_id: str, wake: int | None = None) -> None:
     engine.execute_run(run_id, wake=wake)
 
 
-@shared_task(name="stepflows.resume_run", **TASK_OPTIONS)
+@shared_task(
+    name="stepflows.resume_run", ignore_result=True, acks_late=True, reject_on_worker_lost=True
+)
 def resume_run(run_id: str, wake: int | None = None) -> None:
     """Chord callback of a parallel group: re-invoke the run with every step's output."""
     engine.execute_run(run_id, wake=wake)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -43,6 +44,8 @@ from .retry import delay_for
 from .serialization import restore, return_type, to_json
 
 MAX_TRACEBACK_CHARS = 20_000
+# Seconds after which a new inline step checks for cancellation with its own query.
+CANCEL_CHECK_AFTER = 1.0
 
 # The step whose function is running. A context variable, not an attribute:
 # in experimental async mode several asyncio tasks share one invocation, and
@@ -144,6 +147,8 @@ class Invocation:
             from .experimental import GatherScheduler
 
             self.scheduler = GatherScheduler(self)
+        # When the run was last seen not cancelled (claimed, or a step recorded).
+        self.confirmed_at = time.monotonic()
         self.ctx = Context(
             event=event,
             run_id=self.run_id,
@@ -254,7 +259,7 @@ class Invocation:
         early = self._before_attempt(call)
         if early is not _RUN:
             return early
-        self._still_ours()
+        self._still_ours(call)
         outcome = self.attempt_sync(call)
         return self._after_attempt(call, outcome)
 
@@ -267,7 +272,7 @@ class Invocation:
         early = self._before_attempt(call)
         if early is not _RUN:
             return early
-        await sync_to_async(self._still_ours)()
+        await sync_to_async(self._still_ours)(call)
         outcome = await self.attempt_async(call)
         return self._after_attempt(call, outcome)
 
@@ -308,12 +313,22 @@ class Invocation:
             raise outcome.error
         raise self.suspend(Suspend(countdown=outcome.retry_in))
 
-    def _still_ours(self) -> None:
-        """Before a new inline step: stop if the run was cancelled; keep the lease alive."""
+    def _still_ours(self, call: StepCall) -> None:
+        """Before a new inline step: stop if the run was cancelled; keep the lease alive.
+
+        A new step's INSERT checks for cancellation itself (see ``_record``),
+        so the SELECT here is only needed for a retried step, or when the last
+        check is older than CANCEL_CHECK_AFTER seconds (slow code between
+        steps). A cancelled run thus records no step after the cancel and
+        starts at most the one step that was about to start.
+        """
         if self.target is not None:
             return
-        if recording.is_cancelled(self.run_id):
-            raise Cancelled()
+        fresh = time.monotonic() - self.confirmed_at < CANCEL_CHECK_AFTER
+        if call.record is not None or not fresh:
+            if recording.is_cancelled(self.run_id):
+                raise Cancelled()
+            self.confirmed_at = time.monotonic()
         self._renew_lease()
 
     def _renew_lease(self) -> None:
@@ -401,7 +416,14 @@ class Invocation:
             started_at=(prev.started_at if prev and prev.started_at else started),
             attempts_base=prev.attempts_base if prev else 0,
         )
-        stored = recording.save_step(self.run_id, record, exists=prev is not None)
+        stored = recording.save_step(
+            self.run_id,
+            record,
+            exists=prev is not None,
+            unless_cancelled=self.target is None and call.group is None,
+        )
+        if self.target is None:
+            self.confirmed_at = time.monotonic()
         self.memo.put(stored)
         call.record = stored
         return stored

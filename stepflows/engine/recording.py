@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Value
+from django.db.models import F, Field, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ..conf import get_settings
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
-from .control import PlannedStep
+from .control import Cancelled, PlannedStep
 from .memo import FIELDS, StepRecord
 
 logger = logging.getLogger("stepflows.engine")
@@ -142,6 +143,9 @@ def suspend_run(
         "lease_expires_at": None,
         "wake": F("wake") + 1,
         "progress_at": now + timedelta(seconds=countdown or 0),
+        # The group's join: its steps count down, the last one resumes the run.
+        "join_group": planned[0].group if planned else None,
+        "join_pending": len(planned),
     }
     if attempts is not None:
         fields["attempts"] = attempts
@@ -184,46 +188,121 @@ def _values(rec: StepRecord, ended: Any) -> dict[str, Any]:
     }
 
 
-def save_step(run_id: Any, rec: StepRecord, *, exists: bool) -> StepRecord:
-    """Store one attempt's outcome with one statement; returns what is stored.
+def save_step(
+    run_id: Any, rec: StepRecord, *, exists: bool, unless_cancelled: bool = False
+) -> StepRecord:
+    """Store one attempt's outcome with one conditional statement; returns what is stored.
 
     A finished step is never overwritten: when another worker finished it
-    first (a duplicate delivery), its record stands and is returned.
+    first (a duplicate delivery), its record stands and is returned. A step of
+    a parallel group that finishes counts the group's join down in the same
+    transaction; the one that reaches zero resumes the run after commit.
+
+    ``unless_cancelled`` (a new inline step): the INSERT itself checks that the
+    run was not cancelled, and raises :class:`Cancelled` when it was, so an
+    inline step costs one statement instead of a SELECT before it plus an INSERT.
     """
     ended = timezone.now() if rec.is_finished else None
     values = _values(rec, ended)
-    if not exists:
+    joins = rec.group is not None and rec.is_finished
+    if unless_cancelled and not exists and not joins:
         try:
-            if connection.in_atomic_block:
-                with transaction.atomic():
-                    Step.objects.create(
-                        run_id=run_id,
-                        step_id=rec.step_id,
-                        position=rec.position,
-                        group=rec.group,
-                        **values,
-                    )
-            else:
-                Step.objects.create(
-                    run_id=run_id,
-                    step_id=rec.step_id,
-                    position=rec.position,
-                    group=rec.group,
-                    **values,
-                )
-            return rec
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                inserted = _insert_unless_cancelled(run_id, rec, values)
         except IntegrityError:
-            pass
-    else:
-        updated = (
-            Step.objects.filter(run_id=run_id, step_id=rec.step_id)
-            .exclude(status__in=FINISHED_STEP)
-            .update(**values)
-        )
-        if updated:
-            return rec
+            inserted = True  # Already recorded (by a redelivered invocation): read it below.
+        else:
+            if inserted:
+                return rec
+        if not inserted:
+            raise Cancelled()
+    try:
+        with transaction.atomic() if (joins or connection.in_atomic_block) else nullcontext():
+            if _write_step(run_id, rec, values, exists=exists):
+                if joins:
+                    _count_down(run_id, rec.group)
+                return rec
+    except IntegrityError:
+        pass
     stored = Step.objects.filter(run_id=run_id, step_id=rec.step_id).values_list(*FIELDS).get()
     return StepRecord(*stored)
+
+
+def _write_step(run_id: Any, rec: StepRecord, values: dict[str, Any], *, exists: bool) -> bool:
+    """INSERT a new step or UPDATE an unfinished one; False when it had already finished."""
+    if not exists:
+        Step.objects.create(
+            run_id=run_id, step_id=rec.step_id, position=rec.position, group=rec.group, **values
+        )
+        return True
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=rec.step_id)
+        .exclude(status__in=FINISHED_STEP)
+        .update(**values)
+    )
+
+
+def _insert_unless_cancelled(run_id: Any, rec: StepRecord, values: dict[str, Any]) -> bool:
+    """INSERT the step row only while its run is not cancelled (or deleted), in one statement.
+
+    ``INSERT ... SELECT ... FROM run WHERE id = %s AND status <> 'cancelled'``;
+    on PostgreSQL each parameter is cast to its column's type, since a bare
+    parameter in a SELECT list has no type to be inferred from.
+    """
+    qn = connection.ops.quote_name
+    row = {
+        "run": run_id,
+        "step_id": rec.step_id,
+        "position": rec.position,
+        "group": rec.group,
+        **values,
+    }
+    cast = connection.vendor == "postgresql"
+    columns, slots, params = [], [], []
+    for name, value in row.items():
+        f = Step._meta.get_field(name)
+        assert isinstance(f, Field)
+        columns.append(qn(str(f.column)))
+        params.append(f.get_db_prep_save(value, connection))
+        slots.append(f"CAST(%s AS {f.db_type(connection)})" if cast else "%s")
+    pk = Run._meta.pk
+    assert pk is not None
+    sql = (
+        f"INSERT INTO {qn(str(Step._meta.db_table))} ({', '.join(columns)}) "
+        f"SELECT {', '.join(slots)} FROM {qn(str(Run._meta.db_table))} "
+        f"WHERE {qn(str(pk.column))} = %s AND {qn('status')} <> %s"
+    )
+    params += [pk.get_db_prep_value(run_id, connection), RunStatus.CANCELLED.value]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+def _count_down(run_id: Any, group: int | None) -> None:
+    """One step of the group finished: decrement the join; at zero, resume the run.
+
+    This replaces the chord's result-backend join: the callback needs no
+    header results (outputs live in Step rows), only "all finished". The
+    decrement runs in the transaction that finished the step, and only when
+    that step really went from unfinished to finished, so a redelivered step
+    task never counts twice; the run row's lock orders concurrent steps, so
+    exactly one of them sees zero.
+    """
+    from .. import dispatch
+
+    table = Run._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(table)} SET join_pending = join_pending - 1 "
+            "WHERE id = %s AND join_group = %s AND join_pending > 0 "
+            "RETURNING join_pending, wake",
+            [Run._meta.pk.get_db_prep_value(run_id, connection), group],
+        )
+        row = cursor.fetchone()
+    if row is not None and row[0] == 0:
+        # The callback names the wake-up the run suspended with (see Run.wake).
+        wake = row[1]
+        transaction.on_commit(lambda: dispatch.resume_run(run_id, wake=wake), robust=True)
 
 
 def mark_step_running(run_id: Any, step_id: str) -> bool:

@@ -17,11 +17,12 @@ from ..exceptions import (
     WorkflowNotFoundError,
 )
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus
+from ..models import Step as StepRow
 from ..registry import Workflow, registry
 from . import recording
 from .control import Cancelled, StepOutcome, Suspend, TargetReached
 from .invocation import FINAL_ERRORS, Invocation, StepCall, Target, error_dict
-from .memo import load_memo
+from .memo import load_memo, memo_for_step_task, record_of
 from .retry import delay_for
 from .serialization import to_json
 from .tools import Step, StepSync
@@ -132,14 +133,19 @@ def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> S
     returned outcome says whether the task should retry later.
     """
     done = StepOutcome(completed=True)
-    run = Run.objects.select_related("event").filter(id=run_id).first()
-    if run is None or run.status not in ACTIVE_RUN_STATUSES:
-        return done
-    memo = load_memo(run.id, before_group=group, plus_step=step_id)
-    record = memo.get(position)
-    if record is None or record.step_id != step_id:
+    # One query for the step, its run and the run's event; the steps before
+    # the group come from this process's cache (see memo_for_step_task).
+    row = (
+        StepRow.objects.select_related("run__event").filter(run_id=run_id, step_id=step_id).first()
+    )
+    if row is None or row.position != position:
         logger.error("run %s: step task for unknown step %r at %d", run_id, step_id, position)
         return done
+    run = row.run
+    if run.status not in ACTIVE_RUN_STATUSES:
+        return done
+    record = record_of(row)
+    memo = memo_for_step_task(run.id, group, run.resumes, record)
     if record.is_finished:
         return done
     if record.retry_at is not None:

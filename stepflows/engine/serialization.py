@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import re
 import logging
+import re
 import typing
 from collections.abc import Callable
 from typing import Any

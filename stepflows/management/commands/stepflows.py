@@ -1,10 +1,16 @@
-"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay|recover>`: events and runs."""
+"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay|recover|bench>`."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -39,6 +45,10 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="list the stuck runs, resume nothing"
         )
         recover.add_argument("--limit", type=int, default=1000, help="at most this many runs")
+        bench = sub.add_parser("bench", help="benchmark stepflows against raw Celery chords")
+        from ...bench.main import add_arguments as bench_arguments
+
+        bench_arguments(bench)
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
@@ -139,6 +149,7 @@ class Command(BaseCommand):
             for run in runs:
                 self.stdout.write(f"  {run.id}  {run.workflow_id}")
         self._finish("replayed", problems, len(event_ids))
+
     def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
         from ...engine.recovery import recover_stuck_runs
 
@@ -154,3 +165,39 @@ class Command(BaseCommand):
             f"stuck runs: {counts['found']}, resumed: {counts['resumed']}, "
             f"failed: {counts['failed']}, skipped: {counts['skipped']}"
         )
+
+    def do_bench(self, **options: Any) -> None:
+        """Run the bench in its own process, with the bench settings (see stepflows.bench)."""
+        argv = []
+        for name in (
+            "parallel_sizes",
+            "sequential_sizes",
+            "repeats",
+            "warmup",
+            "throughput_runs",
+            "throughput_width",
+            "rss_runs",
+            "scenarios",
+            "concurrency",
+            "celery_app",
+        ):
+            if options.get(name) is not None:
+                argv += [f"--{name.replace('_', '-')}", str(options[name])]
+        if options.get("quick"):
+            argv.append("--quick")
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "stepflows.bench.settings",
+            "STEPFLOWS_BENCH_BASE_SETTINGS": settings.SETTINGS_MODULE,
+        }
+        env.setdefault("STEPFLOWS_BENCH_QUEUE", f"stepflows-bench-{os.getpid()}")
+        if not (os.environ.get("DATABASE_URL") or os.environ.get("CELERY_BROKER_URL")):
+            # Embedded default: a fresh database and broker folder of the bench's own.
+            default = Path(getattr(settings, "BASE_DIR", Path.cwd())) / "var" / "bench"
+            var = Path(os.environ.get("STEPFLOWS_BENCH_DIR") or default)
+            shutil.rmtree(var, ignore_errors=True)
+            var.mkdir(parents=True)
+            env["STEPFLOWS_VAR_DIR"] = str(var)
+        done = subprocess.run([sys.executable, "-m", "stepflows.bench", *argv], env=env)
+        if done.returncode:
+            raise CommandError(f"the bench failed (exit status {done.returncode})")

@@ -1,0 +1,148 @@
+"""Entry point of the bench process: migrate, start workers, run scenarios, report.
+
+Run through ``python manage.py stepflows bench``, which sets the environment
+(settings module, embedded folder, queue) and starts ``python -m stepflows.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+SIZES = [10, 100, 1000]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stepflows bench", description=__doc__)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: Any) -> None:
+    """Options shared by ``manage.py stepflows bench`` and ``python -m stepflows.bench``."""
+    p.add_argument("--parallel-sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--sequential-sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--repeats", type=int, default=5, help="measured repeats per scenario")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured repeats first")
+    p.add_argument("--throughput-runs", type=int, default=200)
+    p.add_argument("--throughput-width", type=int, default=10)
+    p.add_argument("--rss-runs", type=int, default=10_000)
+    p.add_argument(
+        "--scenarios",
+        default="parallel,sequential,throughput,memory",
+        help="comma-separated subset of parallel,sequential,throughput,memory",
+    )
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("--celery-app", default=None, help="Celery app module (default: project's)")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny smoke run (N=3, one repeat, 20 runs)"
+    )
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def options(args: argparse.Namespace) -> Any:
+    from .scenarios import Options
+
+    if args.quick:
+        return Options([3], [3], 1, 1, 4, 3, 20, batch=10)
+    return Options(
+        ints(args.parallel_sizes),
+        ints(args.sequential_sizes),
+        args.repeats,
+        args.warmup,
+        args.throughput_runs,
+        args.throughput_width,
+        args.rss_runs,
+    )
+
+
+def backend_name() -> str:
+    from django.conf import settings
+    from django.db import connection
+
+    broker = str(getattr(settings, "CELERY_BROKER_URL", "")).split(":", 1)[0] or "?"
+    transport = getattr(settings, "CELERY_BROKER_TRANSPORT", None) or ""
+    if "filesystem" in transport:
+        broker = "filesystem"
+    return f"{connection.vendor}+{broker}"
+
+
+def load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stepflows.bench.settings")
+    import django
+
+    django.setup()
+    from celery import current_app
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from stepflows.testing import CeleryWorker
+
+    from . import report, scenarios
+
+    opts = options(args)
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    call_command("migrate", verbosity=0)
+    scenarios.cleanup()
+    var = Path(os.environ.get("STEPFLOWS_VAR_DIR") or Path.cwd() / "var" / "bench")
+    app = args.celery_app or current_app.main or "project"
+    env = {
+        "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+        "STEPFLOWS_BENCH_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
+    }
+    log_lines: list[str] = []
+
+    def log(line: str) -> None:
+        log_lines.append(line)
+        print("  " + line, file=sys.stderr, flush=True)
+
+    res = scenarios.Results()
+    load_before = load()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    with CeleryWorker(
+        app,
+        env=env,
+        concurrency=args.concurrency,
+        queues=settings.CELERY_TASK_DEFAULT_QUEUE,
+        logfile=var / f"worker-{uuid.uuid4().hex[:6]}.log",
+        name="stepflows-bench",
+        cwd=Path.cwd(),
+    ) as worker:
+        if "parallel" in chosen:
+            scenarios.parallel(opts, res, log)
+        if "sequential" in chosen:
+            scenarios.sequential(opts, res, log)
+        if "throughput" in chosen:
+            scenarios.throughput(opts, res, log)
+        if "memory" in chosen:
+            scenarios.memory(opts, res, worker, log)
+    scenarios.cleanup()
+    meta = {
+        "backend": backend_name(),
+        "date": started,
+        "load_before": load_before,
+        "load_after": load(),
+        "cpus": os.cpu_count(),
+        "workers": args.concurrency,
+        "repeats": opts.repeats,
+    }
+    print(report.table(meta, res))
+    print(json.dumps(report.summary(meta, res), sort_keys=False))
+    return 0

@@ -1,0 +1,68 @@
+"""The bench's output: a table for people, one JSON line for machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .scenarios import Results
+
+
+def _r(x: float, digits: int = 2) -> float:
+    return round(x, digits)
+
+
+def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
+    return {
+        "backend": meta["backend"],
+        "parallel_ratio": {str(n): _r(v["ratio"]) for n, v in res.parallel.items()},
+        "sequential_ms_per_step": {
+            str(n): _r(v["ms_per_step"], 3) for n, v in res.sequential.items()
+        },
+        "throughput_ratio": _r(res.throughput["ratio"]) if res.throughput else None,
+        "rss_growth": _r(res.rss["growth"], 4) if res.rss else None,
+        "details": {
+            "parallel_s": {
+                str(n): {"chord": _r(v["chord_s"], 4), "stepflows": _r(v["stepflows_s"], 4)}
+                for n, v in res.parallel.items()
+            },
+            "sequential_in_run_ms_per_step": {
+                str(n): _r(v["in_run_ms_per_step"], 3) for n, v in res.sequential.items()
+            },
+            "throughput_steps_per_s": {k: _r(v, 2) for k, v in res.throughput.items()},
+            "rss": res.rss,
+            **meta,
+        },
+    }
+
+
+def table(meta: dict[str, Any], res: Results) -> str:
+    out = [
+        f"stepflows bench - backend {meta['backend']}, {meta['workers']} worker processes, "
+        f"{meta['cpus']} CPUs, medians of {meta['repeats']} after warm-up, {meta['date']}",
+        f"load average before {meta['load_before']}, after {meta['load_after']}",
+        "",
+        f"{'scenario':34} {'floor (raw Celery)':>20} {'stepflows':>14} {'ratio':>7}",
+    ]
+    for n, v in res.parallel.items():
+        out.append(
+            f"{f'parallel N={n} (s, send->done)':34} {v['chord_s']:>20.3f} "
+            f"{v['stepflows_s']:>14.3f} {v['ratio']:>7.2f}"
+        )
+    for n, v in res.sequential.items():
+        out.append(
+            f"{f'sequential N={n} (ms/step)':34} {'-':>20} {v['ms_per_step']:>14.3f} "
+            f"{'':>7}  (in run: {v['in_run_ms_per_step']:.3f})"
+        )
+    if res.throughput:
+        t = res.throughput
+        out.append(
+            f"{'throughput (steps/s)':34} {t['chord_steps_per_s']:>20.1f} "
+            f"{t['stepflows_steps_per_s']:>14.1f} {t['ratio']:>7.2f}"
+        )
+    if res.rss:
+        r = res.rss
+        out.append(
+            f"{'worker RSS over ' + str(r['runs']) + ' runs (KiB)':34} "
+            f"{r['before_kib']:>20} {r['after_kib']:>14} {r['growth']:>+7.1%}"
+        )
+    return "\n".join(out)

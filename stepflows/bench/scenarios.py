@@ -1,0 +1,242 @@
+"""The four scenarios, each stepflows next to its floor (raw Celery) in the same run.
+
+Timings go from the moment the bench sends work (``stepflows.send`` / publishing
+the chord) to the moment the database says it is done (run finished / chord
+callback's result stored); both sides are polled the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import chord
+from django.conf import settings
+from django.utils import timezone
+from django_celery_results.models import GroupResult, TaskResult
+
+import stepflows
+from stepflows.models import Event, Run
+
+from .workflows import callback_task, noop_task
+
+POLL = 0.005
+TIMEOUT = 900.0
+
+
+@dataclass
+class Options:
+    parallel_sizes: list[int]
+    sequential_sizes: list[int]
+    repeats: int
+    warmup: int
+    throughput_runs: int
+    throughput_width: int
+    rss_runs: int
+    batch: int = 500
+
+
+@dataclass
+class Results:
+    parallel: dict[int, dict[str, float]] = field(default_factory=dict)
+    sequential: dict[int, dict[str, float]] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- waiting ----------------------------------------------------------------
+
+
+def wait_runs(run_ids: list[Any]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    ids = [str(r) for r in run_ids]
+    while True:
+        done = Run.objects.filter(id__in=ids).finished().count()
+        if done == len(ids):
+            bad = list(Run.objects.filter(id__in=ids).exclude(status="completed")[:1])
+            if bad:
+                raise RuntimeError(f"bench run {bad[0].id} ended {bad[0].status}: {bad[0].error}")
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {len(ids) - done} runs unfinished after {TIMEOUT}s")
+        time.sleep(POLL)
+
+
+def wait_tasks(task_ids: list[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        done = TaskResult.objects.filter(task_id__in=task_ids, status="SUCCESS").count()
+        if done == len(task_ids):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {len(task_ids) - done} chords unfinished")
+        time.sleep(POLL)
+
+
+# -- one measurement ------------------------------------------------------
+
+
+def send_runs(name: str, data: dict[str, Any], count: int = 1) -> list[Any]:
+    event_ids = stepflows.send([stepflows.Event(name=name, data=data) for _ in range(count)])
+    return list(Run.objects.filter(event_id__in=event_ids).values_list("id", flat=True))
+
+
+def time_runs(name: str, data: dict[str, Any], count: int = 1) -> float:
+    start = time.perf_counter()
+    run_ids = send_runs(name, data, count)
+    wait_runs(run_ids)
+    return time.perf_counter() - start
+
+
+def time_chords(width: int, count: int = 1) -> float:
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    start = time.perf_counter()
+    callbacks = []
+    for _ in range(count):
+        header = [noop_task.si().set(queue=queue) for _ in range(width)]
+        callbacks.append(chord(header)(callback_task.si().set(queue=queue)).id)
+    wait_tasks(callbacks)
+    return time.perf_counter() - start
+
+
+def in_run_seconds(name: str, data: dict[str, Any]) -> tuple[float, float]:
+    """(send to completed, started to ended as recorded on the run)."""
+    start = time.perf_counter()
+    [run_id] = send_runs(name, data)
+    wait_runs([run_id])
+    wall = time.perf_counter() - start
+    run = Run.objects.get(id=run_id)
+    assert run.started_at and run.ended_at
+    return wall, (run.ended_at - run.started_at).total_seconds()
+
+
+def side_by_side(
+    floor: Callable[[], float], ours: Callable[[], float], repeats: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Alternate which side goes first, so drift in machine load hits both."""
+    for _ in range(warmup):
+        floor()
+        ours()
+    floors, oursl = [], []
+    for i in range(repeats):
+        if i % 2:
+            oursl.append(ours())
+            floors.append(floor())
+        else:
+            floors.append(floor())
+            oursl.append(ours())
+    return floors, oursl
+
+
+# -- scenarios ----------------------------------------------------------------
+
+
+def parallel(opts: Options, res: Results, log: Callable[[str], None]) -> None:
+    for n in opts.parallel_sizes:
+        floors, ours = side_by_side(
+            functools.partial(time_chords, n),
+            functools.partial(time_runs, "bench/parallel", {"n": n}),
+            opts.repeats,
+            opts.warmup,
+        )
+        res.parallel[n] = {"chord_s": median(floors), "stepflows_s": median(ours)}
+        res.parallel[n]["ratio"] = res.parallel[n]["stepflows_s"] / res.parallel[n]["chord_s"]
+        log(f"parallel N={n}: chord {floors} stepflows {ours}")
+        cleanup()
+
+
+def sequential(opts: Options, res: Results, log: Callable[[str], None]) -> None:
+    for n in opts.sequential_sizes:
+        for _ in range(opts.warmup):
+            in_run_seconds("bench/sequential", {"n": n})
+        walls, inside = [], []
+        for _ in range(opts.repeats):
+            wall, run_s = in_run_seconds("bench/sequential", {"n": n})
+            walls.append(wall)
+            inside.append(run_s)
+        res.sequential[n] = {
+            "wall_s": median(walls),
+            "ms_per_step": median(walls) * 1000 / n,
+            "in_run_ms_per_step": median(inside) * 1000 / n,
+        }
+        log(f"sequential N={n}: {walls}")
+        cleanup()
+
+
+def throughput(opts: Options, res: Results, log: Callable[[str], None]) -> None:
+    runs, width = opts.throughput_runs, opts.throughput_width
+    floors, ours = side_by_side(
+        lambda: time_chords(width, runs),
+        lambda: time_runs("bench/parallel", {"n": width}, runs),
+        max(1, opts.repeats - 2) if opts.repeats > 3 else opts.repeats,
+        min(opts.warmup, 1),
+    )
+    steps = runs * width
+    res.throughput = {
+        "chord_steps_per_s": steps / median(floors),
+        "stepflows_steps_per_s": steps / median(ours),
+    }
+    res.throughput["ratio"] = (
+        res.throughput["stepflows_steps_per_s"] / res.throughput["chord_steps_per_s"]
+    )
+    log(f"throughput {runs}x{width}: chord {floors} stepflows {ours}")
+    cleanup()
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def memory(opts: Options, res: Results, worker: Any, log: Callable[[str], None]) -> None:
+    pids = sorted(worker.child_pids())
+
+    def many(count: int) -> None:
+        left = count
+        while left > 0:
+            batch = min(opts.batch, left)
+            wait_runs(send_runs("bench/small", {}, batch))
+            left -= batch
+            cleanup()
+
+    many(max(opts.batch, opts.rss_runs // 20))  # warm-up: imports, caches, connections
+    before = rss_kib(pids)
+    start = time.perf_counter()
+    many(opts.rss_runs)
+    elapsed = time.perf_counter() - start
+    after = rss_kib(pids)
+    if sorted(worker.child_pids()) != pids:
+        log("memory: the pool replaced a child process; RSS figures are not comparable")
+    res.rss = {
+        "runs": opts.rss_runs,
+        "before_kib": before,
+        "after_kib": after,
+        "growth": (after - before) / before,
+        "runs_per_s": opts.rss_runs / elapsed,
+    }
+
+
+# -- housekeeping -------------------------------------------------------------
+
+BENCH_STARTED = timezone.now()
+
+
+def cleanup() -> None:
+    """Delete what the bench made: its runs and events, and the Celery results since it began."""
+    Run.objects.filter(workflow_id__startswith="bench-").delete()
+    Event.objects.filter(name__startswith="bench/").delete()
+    TaskResult.objects.filter(date_created__gte=BENCH_STARTED).delete()
+    GroupResult.objects.filter(date_created__gte=BENCH_STARTED).delete()

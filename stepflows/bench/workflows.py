@@ -1,0 +1,53 @@
+"""Bench workflows and the raw Celery tasks they are compared with.
+
+Every step and task is a no-op: the bench measures what stepflows adds
+around user code, not the code.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from celery import shared_task
+
+import stepflows
+
+
+def noop(i: int = 0) -> int:
+    return i
+
+
+@shared_task(name="stepflows_bench.noop")
+def noop_task() -> None:
+    """A header task of a raw chord."""
+
+
+@shared_task(name="stepflows_bench.callback")
+def callback_task() -> None:
+    """The callback of a raw chord; it ignores the header's results, like stepflows."""
+
+
+@stepflows.workflow(id="bench-parallel", trigger="bench/parallel", retries=0)
+def bench_parallel(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    n = ctx.event.data["n"]
+    values = step.parallel(*[functools.partial(step.run, "noop", noop, i) for i in range(n)])
+    return len(values)
+
+
+@stepflows.workflow(id="bench-sequential", trigger="bench/sequential", retries=0)
+def bench_sequential(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    n = ctx.event.data["n"]
+    for i in range(n):
+        step.run("noop", noop, i)
+    return n
+
+
+@stepflows.workflow(id="bench-small", trigger="bench/small", retries=0)
+def bench_small(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """A small run touching every path: an inline step, then a parallel pair."""
+    first = step.run("first", noop, 1)
+    a, b = step.parallel(
+        functools.partial(step.run, "left", noop, 2),
+        functools.partial(step.run, "right", noop, 3),
+    )
+    return int(first + a + b)
