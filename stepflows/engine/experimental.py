@@ -113,7 +113,7 @@ class GatherScheduler:
         try:
             # Checks the step limit, and suspends when a retry is not due yet.
             inv._before_attempt(call)
-            await sync_to_async(inv._still_ours)()
+            await sync_to_async(inv._still_ours)(call)
             outcome = await inv.attempt_async(call)
             future.set_result(inv._after_attempt(call, outcome))
         except BaseException as exc:  # a StepError, or a signal for the whole invocation
