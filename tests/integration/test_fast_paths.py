@@ -64,9 +64,9 @@ def test_new_inline_step_is_one_statement_and_refused_once_cancelled():
 
 
 def test_group_join_counts_each_step_once_and_the_last_resumes(monkeypatch):
-    resumed: list[object] = []
-    monkeypatch.setattr(dispatch, "resume_run", resumed.append)
-    monkeypatch.setattr(dispatch, "parallel_group", lambda run_id, planned: None)
+    resumed: list[tuple[object, object]] = []
+    monkeypatch.setattr(dispatch, "resume_run", lambda run_id, wake: resumed.append((run_id, wake)))
+    monkeypatch.setattr(dispatch, "parallel_group", lambda run_id, planned, wake: None)
     run = make_run()
     token = "test-token"
     Run.objects.filter(id=run.id).update(lease_owner=token)
@@ -80,4 +80,6 @@ def test_group_join_counts_each_step_once_and_the_last_resumes(monkeypatch):
     assert Step.objects.get(run=run, step_id="a").output == 1
     recording.save_step(run.id, done("b", 1, group=0), exists=True)
     assert Run.objects.get(id=run.id).join_pending == 0
-    assert [str(r) for r in resumed] == [str(run.id)]
+    # The callback names the wake-up the run suspended with.
+    wake = Run.objects.get(id=run.id).wake
+    assert [(str(r), w) for r, w in resumed] == [(str(run.id), wake)]
