@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, OuterRef, QuerySet
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -18,21 +18,15 @@ from django.utils.safestring import SafeString
 
 from ..models import Event, Run
 from .actions import EVENT_ACTIONS
-from .common import ReadOnlyAdmin, duration_text, on_changelist, pretty_json, status_badge
+from .common import ReadOnlyAdmin, duration_text, on_changelist, per_row, pretty_json, status_badge
 
 #: Characters of the payload shown in the list.
 PREVIEW_CHARS = 80
 
 
 def _run_count() -> Coalesce:
-    counted = (
-        Run.objects.filter(event=OuterRef("pk"))
-        .order_by()
-        .values("event")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+    """How many runs each listed event started."""
+    return per_row(Run.objects.filter(event=OuterRef("pk")), "event", Count("pk"))
 
 
 class EventAdmin(ReadOnlyAdmin):

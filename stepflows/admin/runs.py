@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -24,6 +24,7 @@ from .common import (
     ReadOnlyAdmin,
     duration_text,
     on_changelist,
+    per_row,
     pretty_json,
     size_text,
     status_badge,
@@ -49,23 +50,14 @@ STEP_FIELDS = (
 
 
 def _step_count(filter: Q | None = None) -> Coalesce:
-    """A correlated subquery counting one run's steps; only evaluated for the rows shown."""
+    """How many steps each listed run has (those matching ``filter``)."""
     steps = Step.objects.filter(run=OuterRef("pk"))
-    if filter is not None:
-        steps = steps.filter(filter)
-    counted = steps.order_by().values("run").annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+    return per_row(steps.filter(filter) if filter is not None else steps, "run", Count("pk"))
 
 
 def _attempt_sum() -> Coalesce:
-    summed = (
-        Step.objects.filter(run=OuterRef("pk"))
-        .order_by()
-        .values("run")
-        .annotate(n=Sum("attempt_count"))
-        .values("n")
-    )
-    return Coalesce(Subquery(summed, output_field=IntegerField()), Value(0))
+    """How many attempts each listed run's steps made."""
+    return per_row(Step.objects.filter(run=OuterRef("pk")), "run", Sum("attempt_count"))
 
 
 class RunAdmin(ReadOnlyAdmin):
