@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from ..events import Event
@@ -28,6 +29,9 @@ from .serialization import to_json
 from .tools import Step, StepSync
 
 logger = logging.getLogger("stepflows.engine")
+
+# Errors of the database connection itself, not of the data: retried by the task.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
 def _event_for(run: Run, workflow: Workflow) -> Event:
@@ -83,6 +87,10 @@ def execute_run(run_id: Any, wake: int | None = None) -> None:
     except FINAL_ERRORS as exc:
         recording.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
         return
+    except TRANSIENT_DB_ERRORS:
+        # The database went away (a restart, a failover): not the workflow's
+        # fault. The task retries the invocation; nothing was counted.
+        raise
     except Exception as exc:
         _retry_or_fail(inv, exc)
         return
@@ -167,6 +175,8 @@ def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> S
         return reached.outcome
     except Suspend:
         pass
+    except TRANSIENT_DB_ERRORS:
+        raise  # the task retries; a lost database connection must not fail the step
     except Exception as exc:
         if inv.reached is None:
             _fail_target(run, step_id, position, group, exc)
