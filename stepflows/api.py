@@ -104,6 +104,13 @@ def _prepare(event: Event, index: int) -> _Prepared:
         raise InvalidEventError(f"{where}: an event id is a string of 1 to 255 characters")
     probe = Event(name=name, data=data, id=event.id, ts=event.ts)
     workflows = registry.matching(probe)
+    _check_schemas(workflows, data, f"{where}: its data does not match", "Nothing was stored.")
+    ts = event.ts if timezone.is_aware(event.ts) else timezone.make_aware(event.ts)
+    return _Prepared(event.id or str(uuid.uuid4()), name, data, ts, workflows)
+
+
+def _check_schemas(workflows: list[Workflow], data: Any, what: str, outcome: str) -> None:
+    """Validate event data against each workflow's schema; the first failure is raised."""
     for wf in workflows:
         if wf.schema is None:
             continue
@@ -111,13 +118,10 @@ def _prepare(event: Event, index: int) -> _Prepared:
             wf.schema.model_validate(data)
         except ValidationError as exc:
             raise EventValidationError(
-                f"{where}: its data does not match the schema {wf.schema.__name__} of "
-                f"workflow {wf.id!r}: {exc}. Nothing was stored.",
+                f"{what} the schema {wf.schema.__name__} of workflow {wf.id!r}: {exc}. {outcome}",
                 workflow_id=wf.id,
                 errors=[dict(e) for e in exc.errors(include_url=False)],
             ) from None
-    ts = event.ts if timezone.is_aware(event.ts) else timezone.make_aware(event.ts)
-    return _Prepared(event.id or str(uuid.uuid4()), name, data, ts, workflows)
 
 
 def _store(prepared: list[_Prepared], source_run_id: Any) -> list[str]:
@@ -321,17 +325,14 @@ def replay_events(events: Iterable[EventRow | str]) -> list[Run]:
     runs: list[Run] = []
     for row in rows:
         probe = Event(name=row.name, data=row.data, id=row.id, ts=row.ts)
-        for wf in registry.matching(probe):
-            if wf.schema is not None:
-                try:
-                    wf.schema.model_validate(row.data)
-                except ValidationError as exc:
-                    raise EventValidationError(
-                        f"event {row.id} ({row.name!r}) no longer matches the schema "
-                        f"{wf.schema.__name__} of workflow {wf.id!r}: {exc}. Nothing was started.",
-                        workflow_id=wf.id,
-                        errors=[dict(e) for e in exc.errors(include_url=False)],
-                    ) from None
+        workflows = registry.matching(probe)
+        _check_schemas(
+            workflows,
+            row.data,
+            f"event {row.id} ({row.name!r}) no longer matches",
+            "Nothing was started.",
+        )
+        for wf in workflows:
             runs.append(Run(workflow_id=wf.id, event_id=row.id, parent_id=row.source_run_id))
     with transaction.atomic():
         Run.objects.bulk_create(runs)
