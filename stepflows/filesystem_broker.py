@@ -70,3 +70,9 @@ def _now_ns() -> int:
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # A folder has no host: without this, kombu logs "No hostname was
+        # supplied. Reverting to default 'localhost'" for every connection.
+        return {}

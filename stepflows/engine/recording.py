@@ -304,12 +304,3 @@ def _count_down(run_id: Any, group: int | None) -> None:
         wake = row[1]
         transaction.on_commit(lambda: dispatch.resume_run(run_id, wake=wake), robust=True)
 
-
-def mark_step_running(run_id: Any, step_id: str) -> bool:
-    """Show a parallel step as running; False when it already finished."""
-    now = timezone.now()
-    return bool(
-        Step.objects.filter(run_id=run_id, step_id=step_id)
-        .exclude(status__in=FINISHED_STEP)
-        .update(status=StepStatus.RUNNING, started_at=Coalesce("started_at", Value(now)))
-    )
