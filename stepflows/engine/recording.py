@@ -303,4 +303,3 @@ def _count_down(run_id: Any, group: int | None) -> None:
         # The callback names the wake-up the run suspended with (see Run.wake).
         wake = row[1]
         transaction.on_commit(lambda: dispatch.resume_run(run_id, wake=wake), robust=True)
-

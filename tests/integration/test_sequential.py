@@ -107,9 +107,20 @@ def test_repeated_step_ids_get_counter_suffixes(run_event):
 def test_asend_from_async_code(celery_worker, key):
     import asyncio
 
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
     import stepflows
     from stepflows.testing import runs_for, wait_for_run
 
-    [event_id] = asyncio.run(stepflows.asend("test/three-steps", data={"key": key}))
+    async def send() -> list[str]:
+        try:
+            return await stepflows.asend("test/three-steps", data={"key": key})
+        finally:
+            # asend's database work runs in asgiref's worker thread; close that
+            # thread's connection, as Django does at the end of a request.
+            await sync_to_async(connections.close_all)()
+
+    [event_id] = asyncio.run(send())
     [run] = runs_for([event_id])
     assert wait_for_run(run.id).status == RunStatus.COMPLETED
