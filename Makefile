@@ -31,6 +31,7 @@ test: $(STAMP)
 ## lint: ruff and mypy
 lint: $(STAMP)
 	$(BIN)/ruff check stepflows project tests
+	$(BIN)/ruff format --check stepflows project tests
 	$(BIN)/mypy stepflows project
 
 ## bench: stepflows vs raw Celery chords (embedded default; DATABASE_URL / CELERY_BROKER_URL
