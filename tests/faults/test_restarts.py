@@ -47,6 +47,22 @@ def check_done(run_ids):
     assert all(s.attempt_count == 1 for s in steps)
 
 
+def finish(faults, run_ids, scenario, took):
+    """Wait for every run, check none lost or doubled, and record the scenario's figures."""
+    faults.wait(run_ids, timeout=300)
+    check_done(run_ids)
+    record_figures(
+        scenario,
+        runs=RUNS,
+        steps=3 * RUNS,
+        faults=1,
+        lost=0,
+        doubled=0,
+        recoveries=faults.recovered,
+        restart_seconds=round(took, 1),
+    )
+
+
 def test_database_restart_mid_run(faults, key):
     if connection.vendor == "sqlite":
         pytest.skip("SQLite is a file in the worker's own process: there is no server to restart")
@@ -56,18 +72,7 @@ def test_database_restart_mid_run(faults, key):
     connection.close()
     took = restart(command)
     connection.close()
-    faults.wait(run_ids, timeout=300)
-    check_done(run_ids)
-    record_figures(
-        "PostgreSQL restarted mid-run",
-        runs=RUNS,
-        steps=3 * RUNS,
-        faults=1,
-        lost=0,
-        doubled=0,
-        recoveries=faults.recovered,
-        restart_seconds=round(took, 1),
-    )
+    finish(faults, run_ids, "PostgreSQL restarted mid-run", took)
 
 
 def test_broker_restart_mid_run(faults, key, settings):
@@ -82,15 +87,4 @@ def test_broker_restart_mid_run(faults, key, settings):
     else:
         command = restart_command("STEPFLOWS_TEST_BROKER_RESTART_CMD", "the broker")
         took = restart(command)
-    faults.wait(run_ids, timeout=300)
-    check_done(run_ids)
-    record_figures(
-        "broker restarted mid-run",
-        runs=RUNS,
-        steps=3 * RUNS,
-        faults=1,
-        lost=0,
-        doubled=0,
-        recoveries=faults.recovered,
-        restart_seconds=round(took, 1),
-    )
+    finish(faults, run_ids, "broker restarted mid-run", took)
