@@ -36,11 +36,14 @@ class StepflowsSettings(BaseModel):
     """Size of one event's data, as JSON."""
     MAX_EVENT_NAME_LENGTH: int = Field(255, ge=1, le=255)
     MAX_STEP_ID_LENGTH: int = Field(200, ge=1, le=240)
-    LEASE_SECONDS: float = Field(300.0, gt=0)
-    """How long a worker may hold a run before another may take it over."""
+    LEASE_SECONDS: float = Field(30.0, ge=1)
+    """How long a run or a running step stays held by a worker that stopped sending
+    heartbeats. A live worker renews it every third of it, however long its step
+    runs; a dead worker's run or step is taken over once it expires."""
     RECOVERY_STALL_SECONDS: float = Field(300.0, gt=0)
-    """A queued or waiting run with no progress for this long is stuck: recovery resumes it.
-    Keep it above your longest parallel step."""
+    """A queued run, or a parallel step whose message no worker picked up, with no
+    progress for this long is stuck: recovery sends it again. Running steps are
+    judged by their heartbeat instead, so this need not exceed your longest step."""
     RECOVERY_JOIN_SECONDS: float = Field(30.0, gt=0)
     """A run whose parallel steps all finished this long ago, with no callback, is stuck."""
     MAX_RECOVERIES: int = Field(5, ge=0)

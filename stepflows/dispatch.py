@@ -1,64 +1,109 @@
-"""Sending stepflows' Celery messages: run invocations and parallel groups."""
+"""Publishing stepflows' Celery messages, by task name.
+
+The store decides what must be sent and hands it here after commit; this
+module imports no engine and no task module: it names the tasks
+(``stepflows.execute_run``, ``stepflows.run_step``, ``stepflows.resume_run``)
+and lets the project's Celery app route them. A :class:`Publisher` does the
+sending; :func:`use` swaps it, which is how the in-process test driver
+(:class:`stepflows.testing.InProcess`) runs messages in the test process.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from celery import group
+from celery import current_app, group, signature
 
 from .conf import get_settings
-from .engine.control import PlannedStep
+
+EXECUTE_RUN = "stepflows.execute_run"
+RUN_STEP = "stepflows.run_step"
+RESUME_RUN = "stepflows.resume_run"
 
 
-def _options() -> dict[str, Any]:
-    queue = get_settings().QUEUE
-    return {"queue": queue} if queue else {}
+@dataclass(frozen=True)
+class Message:
+    """One task message: the task's name, its arguments, and an optional delay."""
+
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    countdown: float | None = None
 
 
-def execute_run(run_id: Any, *, countdown: float | None = None, wake: int | None = None) -> None:
-    """Queue an invocation of the run (for its wake-up number ``wake``, see ``Run.wake``)."""
-    from .tasks import execute_run as task
+class Publisher(Protocol):
+    def publish(self, messages: list[Message]) -> None: ...
 
-    options = _options()
-    if countdown:
-        options["countdown"] = countdown
+
+class CeleryPublisher:
+    """Sends messages with the project's Celery app, on ``STEPFLOWS['QUEUE']``."""
+
+    def publish(self, messages: list[Message]) -> None:
+        queue = get_settings().QUEUE
+        options: dict[str, Any] = {"queue": queue} if queue else {}
+        steps = [m for m in messages if m.task == RUN_STEP and not m.countdown]
+        if len(steps) > 1:
+            # A parallel group: one publish of many messages over one connection.
+            sigs = [signature(m.task, args=m.args, kwargs=m.kwargs, app=current_app) for m in steps]
+            for sig in sigs:
+                sig.options.update(options, ignore_result=True)
+            group(sigs).apply_async()
+            messages = [m for m in messages if m not in steps]
+        for m in messages:
+            current_app.send_task(
+                m.task, args=m.args, kwargs=m.kwargs, countdown=m.countdown or None, **options
+            )
+
+
+_publisher: Publisher = CeleryPublisher()
+
+
+def publisher() -> Publisher:
+    return _publisher
+
+
+def set_publisher(new: Publisher) -> Publisher:
+    """Replace the publisher for this process; returns the previous one."""
+    global _publisher
+    old, _publisher = _publisher, new
+    return old
+
+
+@contextmanager
+def use(new: Publisher) -> Iterator[Publisher]:
+    """Send messages through ``new`` inside the block."""
+    old = set_publisher(new)
+    try:
+        yield new
+    finally:
+        set_publisher(old)
+
+
+def publish(messages: list[Message]) -> None:
+    if messages:
+        _publisher.publish(messages)
+
+
+# -- the messages ------------------------------------------------------------------
+
+
+def execute_run(run_id: Any, *, wake: int | None = None, countdown: float | None = None) -> Message:
+    """An invocation of the run (for its wake-up number ``wake``, see ``Run.wake``)."""
     kwargs = {"wake": wake} if wake is not None else {}
-    task.apply_async(args=(str(run_id),), kwargs=kwargs, **options)
+    return Message(EXECUTE_RUN, (str(run_id),), kwargs, countdown or None)
 
 
-def parallel_group(run_id: Any, planned: list[PlannedStep], *, wake: int | None = None) -> None:
-    """One task per planned step; the last one to finish resumes the run.
+def run_step(run_id: Any, step_id: str, position: int, group: int) -> Message:
+    """One step of a parallel group (the chord's header task).
 
-    Semantically this is the Celery chord of the design (header: the step
-    tasks; callback: ``resume_run``), with the join kept on the run row
-    (``Run.join_pending``, counted down in the transaction that records each
-    step, see ``recording.save_step``) instead of in the result backend: the
-    callback needs no header results, since outputs live in Step rows. So the
-    step tasks store no results. A callback lost between that commit and its
-    publish leaves a waiting run whose group has finished; recovery finds and
-    resumes it, as it would a chord whose callback was lost. ``wake`` is the
-    run's wake-up number when it suspended; the callback carries it.
+    It names no wake-up: the step's own lease decides which task runs it.
     """
-    from .tasks import run_step
-
-    options = {**_options(), "ignore_result": True}
-    group(
-        run_step.si(str(run_id), p.step_id, p.position, p.group).set(**options) for p in planned
-    ).apply_async()
+    return Message(RUN_STEP, (str(run_id), step_id, position, group))
 
 
-def resume_run(run_id: Any, *, wake: int | None = None) -> None:
-    """Queue the re-invocation of a run whose parallel group finished (the chord callback)."""
-    from .tasks import resume_run as task
-
-    if _drop_callbacks():
-        # Test hook: the crash between the join's commit and the callback's publish.
-        return
-    kwargs = {"wake": wake} if wake is not None else {}
-    task.apply_async(args=(str(run_id),), kwargs=kwargs, **_options())
-
-
-def _drop_callbacks() -> bool:
-    """True when the fault-injection suite asks to lose every group's callback."""
-    return os.environ.get("STEPFLOWS_FAULT_DROP_CALLBACKS") == "1"
+def resume_run(run_id: Any, *, wake: int) -> Message:
+    """The chord callback: re-invoke a run whose parallel group finished."""
+    return Message(RESUME_RUN, (str(run_id),), {"wake": wake})

@@ -9,7 +9,8 @@ from typing import Any
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]*$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:/\-]*\Z")
 
 
 class Event(BaseModel):

@@ -70,6 +70,10 @@ class LimitExceededError(StepflowsError):
     """A run went over one of stepflows' limits (steps per run, or step output size)."""
 
 
+class StepTimeoutError(StepflowsError, TimeoutError):
+    """A step ran longer than the ``timeout=`` given to ``step.run``; retried like any error."""
+
+
 class OutputSerializationError(StepflowsError, TypeError):
     """A step or workflow returned a value that cannot be stored as JSON."""
 

@@ -1,7 +1,7 @@
 """Events, runs and steps: the durable state of stepflows.
 
-Rows are written by the engine and by :mod:`stepflows.api`; admin pages and
-commands read them and call the api, never write them directly.
+Every change of their state is made by :mod:`stepflows.store`; the engine and
+:mod:`stepflows.api` call it, and admin pages and commands call the api.
 """
 
 from __future__ import annotations
@@ -159,11 +159,16 @@ class Run(models.Model):
     # Last time the run made progress (claimed, suspended, recovered); for a
     # delayed retry, the time it is due. Recovery looks for runs idle too long.
     progress_at = models.DateTimeField(_("last progress"), null=True, blank=True)
-    # Times the recovery found this run stuck and resumed it.
+    # Times the recovery found this run stuck and resumed it since it last made
+    # progress (a step that ended after the last recovery starts the count again).
     recoveries = models.PositiveIntegerField(_("recoveries"), default=0)
+    recovered_at = models.DateTimeField(_("last recovered"), null=True, blank=True)
+    # Bytes of stored step outputs: summed when the run suspends, then grown by
+    # each parallel step of the group, so a group cannot pass MAX_STATE_BYTES.
+    state_bytes = models.PositiveBigIntegerField(default=0, editable=False)
     # The join of the parallel group the run waits for: its first position and
     # how many of its steps have not finished yet. The step task that finishes
-    # the last one resumes the run (see stepflows.engine.recording.save_step).
+    # the last one resumes the run (see stepflows.store.steps).
     join_group = models.PositiveIntegerField(null=True, blank=True, editable=False)
     join_pending = models.PositiveIntegerField(default=0, editable=False)
 
@@ -206,9 +211,9 @@ class Run(models.Model):
         rule as step outputs. Without an annotation, or when the workflow is no
         longer registered, this is ``output`` itself.
         """
-        from .engine.serialization import restore, return_type
         from .exceptions import WorkflowNotFoundError
         from .registry import registry
+        from .serialization import restore, return_type
 
         try:
             workflow = registry.get(self.workflow_id)
@@ -253,6 +258,11 @@ class Step(models.Model):
     attempts_base = models.PositiveIntegerField(_("attempts before last retry"), default=0)
     # When a retry of a failed attempt is due.
     retry_at = models.DateTimeField(_("retry at"), null=True, blank=True)
+    # A parallel step being executed: the step task holding it, and its last
+    # heartbeat. Recovery restarts a running step only once its heartbeat is
+    # older than LEASE_SECONDS (see stepflows.engine.heartbeat).
+    lease_owner = models.CharField(max_length=100, blank=True, default="", editable=False)
+    heartbeat_at = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("step")

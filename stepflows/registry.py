@@ -18,6 +18,9 @@ from .exceptions import ConfigurationError, TriggerFilterError, WorkflowNotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The width of the Run.workflow_id column (models cannot be imported here).
+MAX_WORKFLOW_ID_LENGTH = 255
+
 
 @dataclass(frozen=True)
 class TriggerEvent:
@@ -82,6 +85,7 @@ class Registry:
         self.duplicates: list[tuple[Workflow, Workflow]] = []
 
     def register(self, wf: Workflow) -> None:
+        check_workflow_id(wf.id)
         existing = self._workflows.get(wf.id)
         if existing is not None and existing.fn is not wf.fn:
             same_place = (
@@ -113,6 +117,31 @@ class Registry:
 
 
 registry = Registry()
+
+
+def check_workflow_id(workflow_id: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``workflow_id`` can be stored as a run's workflow."""
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ConfigurationError(f"a workflow id is a non-empty string, not {workflow_id!r}")
+    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+        raise ConfigurationError(
+            f"workflow id {workflow_id[:40]!r}... is {len(workflow_id)} characters long; "
+            f"the limit is {MAX_WORKFLOW_ID_LENGTH} (the width of Run.workflow_id). "
+            "Choose a shorter id."
+        )
+    # Neither could be stored: PostgreSQL text cannot hold NUL, and a lone
+    # surrogate is not encodable text on any backend.
+    if "\x00" in workflow_id:
+        raise ConfigurationError(
+            f"workflow id {workflow_id!r} contains the NUL character (U+0000); remove it"
+        )
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"workflow id {workflow_id!r} contains a lone surrogate "
+            f"(U+{ord(workflow_id[exc.start]):04X}), which is not valid Unicode; remove it"
+        ) from None
 
 
 def _triggers(trigger: Any, workflow_id: str) -> list[TriggerEvent]:
@@ -170,6 +199,7 @@ def workflow(
         )
     if not isinstance(id, str) or not id:
         raise ConfigurationError("@stepflows.workflow needs id='a-non-empty-string'")
+    check_workflow_id(id)
     triggers = _triggers(trigger, id)
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ConfigurationError(f"workflow {id!r}: retries must be a whole number >= 0")

@@ -1,4 +1,4 @@
-"""Control-flow signals that end an invocation early.
+"""Control-flow signals that end an invocation (or one parallel callable) early.
 
 They derive from BaseException so that a workflow's ``except Exception``
 cannot swallow them by accident.
@@ -6,18 +6,21 @@ cannot swallow them by accident.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..store.fence import LeaseLost
+from ..store.records import PlannedStep
 
-@dataclass
-class PlannedStep:
-    """A new step found by ``parallel`` that must run as its own task."""
-
-    step_id: str
-    position: int
-    group: int
-    is_new: bool
+__all__ = [
+    "Cancelled",
+    "LeaseLost",
+    "Pending",
+    "PlannedStep",
+    "StepOutcome",
+    "Suspend",
+    "TargetReached",
+]
 
 
 class Suspend(BaseException):
@@ -39,6 +42,16 @@ class Cancelled(BaseException):
     """The run was cancelled: stop before the next step."""
 
 
+class Pending(BaseException):
+    """Inside ``step.parallel``: this callable's step has not finished yet.
+
+    Raised by ``step.run`` so that the callable stops there; ``parallel``
+    catches it, plans the step, and calls the callable again once every step
+    of the group has finished, when ``step.run`` returns the stored output and
+    the callable computes its value from it.
+    """
+
+
 @dataclass
 class StepOutcome:
     """What one attempt of a step came to."""
@@ -47,7 +60,6 @@ class StepOutcome:
     value: Any = None
     retry_in: float | None = None
     error: Any = None  # StepError when the step failed for good
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TargetReached(BaseException):

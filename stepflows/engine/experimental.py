@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
-
 from ..exceptions import LimitExceededError, NonDeterminismError
 from ..models import StepStatus
+from . import attempts
 from .control import PlannedStep, Suspend, TargetReached
 
 if TYPE_CHECKING:
-    from .invocation import Invocation, StepCall
+    from .attempts import StepCall
+    from .invocation import Invocation
 
 # Loop iterations without a new step before the loop counts as quiet: a task
 # may yield once or twice (asyncio.sleep(0)) before it reaches its step.
@@ -48,7 +48,12 @@ class GatherScheduler:
         self.inline_tasks: set[asyncio.Future[None]] = set()
 
     async def run(
-        self, base_id: Any, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        base_id: Any,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
     ) -> Any:
         inv = self.inv
         # Once the invocation is over (a group planned, or a step task's own step
@@ -57,7 +62,7 @@ class GatherScheduler:
             raise inv.suspended
         if inv.reached is not None:
             raise TargetReached(inv.reached)
-        call = inv.new_call(base_id, fn, args, kwargs)
+        call = inv.new_call(base_id, fn, args, kwargs, timeout)
         record = call.record
         if record is not None and record.is_finished:
             return inv.replayed(call)
@@ -77,8 +82,7 @@ class GatherScheduler:
         target = inv.target
         assert target is not None
         if call.position == target.position:
-            call.group = target.group
-            outcome = await inv.attempt_async(call)
+            outcome = await attempts.attempt_async(inv, call)
             inv.reached = outcome
             for parked in self.parked:
                 if not parked.done():
@@ -112,10 +116,10 @@ class GatherScheduler:
         inv = self.inv
         try:
             # Checks the step limit, and suspends when a retry is not due yet.
-            inv._before_attempt(call)
-            await sync_to_async(inv._still_ours)(call)
-            outcome = await inv.attempt_async(call)
-            future.set_result(inv._after_attempt(call, outcome))
+            inv.unfinished(call)
+            inv.still_ours()
+            outcome = await attempts.attempt_async(inv, call)
+            future.set_result(inv.after_attempt(call, outcome))
         except BaseException as exc:  # a StepError, or a signal for the whole invocation
             if not future.done():
                 future.set_exception(exc)

@@ -3,63 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from django.db.models import Q
 
-from ..exceptions import StepError
-from ..models import Step, StepStatus
-
-FIELDS = (
-    "step_id",
-    "position",
-    "group",
-    "status",
-    "output",
-    "output_bytes",
-    "error",
-    "attempts",
-    "attempt_count",
-    "retry_at",
-    "started_at",
-    "attempts_base",
-)
-
-
-@dataclass
-class StepRecord:
-    step_id: str
-    position: int
-    group: int | None
-    status: str
-    output: Any = None
-    output_bytes: int = 0
-    error: dict[str, Any] | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    attempt_count: int = 0
-    retry_at: datetime | None = None
-    started_at: datetime | None = None
-    attempts_base: int = 0
-
-    @property
-    def attempt_number(self) -> int:
-        """0-based number of the next attempt, counted since the last manual retry."""
-        return self.attempt_count - self.attempts_base
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (StepStatus.COMPLETED, StepStatus.FAILED)
-
-    def step_error(self) -> StepError:
-        err = self.error or {}
-        return StepError(
-            self.step_id,
-            str(err.get("type", "Error")),
-            str(err.get("message", "")),
-            str(err.get("traceback", "")),
-        )
+from ..models import Step
+from ..store.records import FIELDS, StepRecord
 
 
 class Memo:
@@ -110,8 +59,8 @@ def load_memo(
         if plus_step is not None:
             cond |= Q(step_id=plus_step)
         qs = qs.filter(cond)
-    rows = qs.order_by("position").values_list(*FIELDS)
-    return Memo([StepRecord(*row) for row in rows])
+    rows = qs.order_by("position").values(*FIELDS)
+    return Memo([StepRecord.from_row(row) for row in rows])
 
 
 # -- the per-process cache of step tasks ------------------------------------------
@@ -133,11 +82,9 @@ def _cached_base(run_id: Any, group: int, resumes: int) -> Memo:
         _before_group.move_to_end(key)
         return memo
     rows = (
-        Step.objects.filter(run_id=run_id, position__lt=group)
-        .order_by("position")
-        .values_list(*FIELDS)
+        Step.objects.filter(run_id=run_id, position__lt=group).order_by("position").values(*FIELDS)
     )
-    memo = Memo([StepRecord(*row) for row in rows])
+    memo = Memo([StepRecord.from_row(row) for row in rows])
     _before_group[key] = memo
     total = sum(m.state_bytes for m in _before_group.values())
     while len(_before_group) > CACHE_ENTRIES or (total > CACHE_BYTES and len(_before_group) > 1):
@@ -153,11 +100,6 @@ def memo_for_step_task(run_id: Any, group: int, resumes: int, own: StepRecord) -
     its own row together with the run).
     """
     return Memo([own], base=_cached_base(run_id, group, resumes))
-
-
-def record_of(step: Step) -> StepRecord:
-    """A StepRecord from a Step model instance."""
-    return StepRecord(*(getattr(step, name) for name in FIELDS))
 
 
 def clear_cache() -> None:

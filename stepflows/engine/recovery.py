@@ -4,9 +4,15 @@ Celery loses work in known ways: a chord callback never published (a crash
 between the join and the publish, or a header task delivered twice that
 completes the join before every step is done), messages lost with a killed
 worker (the embedded broker, or Redis before its visibility timeout), a worker
-killed while it held a run. Each leaves a run active with nothing on its way
-to it. :func:`recover_stuck_runs` finds those runs and sends each a new
-wake-up message.
+killed while it held a run or ran a parallel step. Each leaves a run active
+with nothing on its way to it. :func:`recover_stuck_runs` finds those runs and
+sends each a new wake-up message.
+
+What is alive is told by heartbeats (:mod:`.heartbeat`): a run being
+executed keeps its lease fresh, a parallel step being executed keeps its
+``heartbeat_at`` fresh. So a dead worker's run or step is found within
+``LEASE_SECONDS`` of its last heartbeat, and a live step is never second-guessed,
+however long it runs.
 
 Resuming is idempotent: a run is resumed with one conditional update (on its
 status, wake-up number and recovery count), so two recoveries at once resume
@@ -25,15 +31,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, Max, Q
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
+from .. import clock
 from ..conf import get_settings
 from ..exceptions import RecoveryLimitError
 from ..models import Run, RunStatus, StepStatus
-from .invocation import error_dict
+from ..store import runs as run_store
+from .attempts import error_dict
 
 logger = logging.getLogger("stepflows.recovery")
 
@@ -42,6 +48,8 @@ REASONS = {
     "never-picked-up": "queued, and no worker ever started it",
     "no-callback": "every step of its parallel group finished, but no callback came",
     "steps-stalled": "its parallel steps made no progress (their messages were lost)",
+    "step-heartbeat-lost": "a worker stopped while it ran one of its parallel steps "
+    "(the step's heartbeat stopped)",
     "retry-overdue": "a retry came due, but no message came to run it",
 }
 
@@ -98,8 +106,9 @@ def _idle(latest: datetime, seconds: float, recoveries: int, now: datetime) -> b
 
 def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[StuckRun]:
     """Active runs that nothing will move again, oldest progress first."""
-    now = now or timezone.now()
+    now = now or clock.now()
     conf = get_settings()
+    stale = run_store.stale_before(now)
     stall, join = conf.RECOVERY_STALL_SECONDS, conf.RECOVERY_JOIN_SECONDS
     found: list[StuckRun] = []
 
@@ -127,6 +136,14 @@ def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[S
         .annotate(
             unfinished=Count("steps", filter=~_FINISHED),
             unfinished_inline=Count("steps", filter=~_FINISHED & Q(steps__group__isnull=True)),
+            alive_steps=Count(
+                "steps",
+                filter=Q(steps__status=StepStatus.RUNNING, steps__heartbeat_at__gte=stale),
+            ),
+            dead_steps=Count(
+                "steps",
+                filter=Q(steps__status=StepStatus.RUNNING, steps__heartbeat_at__lt=stale),
+            ),
             last_start=Max("steps__started_at"),
             last_end=Max("steps__ended_at"),
             last_retry=Max("steps__retry_at"),
@@ -153,6 +170,11 @@ def _waiting_reason(run: Any, *, now: datetime, stall: float, join: float) -> st
     if run.unfinished_inline:
         # An inline step waits for its retry; the message is due at progress_at.
         return "retry-overdue" if _idle(latest, join, run.recoveries, now) else None
+    if run.dead_steps:
+        # Its heartbeat is already LEASE_SECONDS old: wait only for our own last resume.
+        return "step-heartbeat-lost" if _idle(run.last, join, run.recoveries, now) else None
+    if run.alive_steps == run.unfinished:
+        return None  # every unfinished step is running, its worker alive
     return "steps-stalled" if _idle(latest, stall, run.recoveries, now) else None
 
 
@@ -162,57 +184,38 @@ def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
     ``"resumed"``, ``"failed"``, or ``"skipped"`` when the run moved meanwhile
     (another recovery, or a late message, got to it first).
     """
-    from .. import dispatch
-
-    now = now or timezone.now()
     limit = get_settings().MAX_RECOVERIES
-    same = Run.objects.filter(
-        id=stuck.run_id, status=stuck.status, wake=stuck.wake, recoveries=stuck.recoveries
-    ).lease_free(now)
-    with transaction.atomic():
-        if stuck.recoveries >= limit:
-            exc = RecoveryLimitError(
-                f"{stuck.describe()}. It was found stuck {stuck.recoveries + 1} times; "
-                f"STEPFLOWS['MAX_RECOVERIES'] = {limit}. Something keeps stopping it (a step "
-                "that kills its worker? messages lost?): check the worker logs, fix the "
-                "cause, then retry the run."
-            )
-            done = same.update(
-                status=RunStatus.FAILED,
-                error=error_dict(exc) | {"traceback": "", "reason": stuck.reason},
-                ended_at=now,
-                lease_owner="",
-                lease_expires_at=None,
-                wake=F("wake") + 1,
-            )
-            if done:
-                logger.error("%s", exc)
-            return "failed" if done else "skipped"
-        # The wake-up number stays: a message merely delayed (not lost) stays valid,
-        # and whichever of it and ours comes first resumes the run; the other finds
-        # the run moved on. A run found running is no longer: it waits for our message.
-        done = same.update(
-            status=RunStatus.QUEUED if stuck.status == RunStatus.QUEUED else RunStatus.WAITING,
-            recoveries=F("recoveries") + 1,
-            progress_at=now,
-            lease_owner="",
-            lease_expires_at=None,
-        )
-        if not done:
-            return "skipped"
-        wake = stuck.wake
-        transaction.on_commit(lambda: dispatch.execute_run(stuck.run_id, wake=wake), robust=True)
-    logger.warning(
-        "%s; resumed it (recovery %d of at most %d)", stuck.describe(), stuck.recoveries + 1, limit
+    exc = RecoveryLimitError(
+        f"{stuck.describe()}. It was found stuck {stuck.recoveries + 1} times without "
+        f"progress in between; STEPFLOWS['MAX_RECOVERIES'] = {limit}. Something keeps "
+        "stopping it (a step that kills its worker? messages lost?): check the worker logs, "
+        "fix the cause, then retry the run."
     )
-    return "resumed"
+    outcome, count = run_store.recover_run(
+        stuck.run_id,
+        status=stuck.status,
+        wake=stuck.wake,
+        recoveries=stuck.recoveries,
+        limit=limit,
+        error=error_dict(exc) | {"traceback": "", "reason": stuck.reason},
+    )
+    if outcome == "failed":
+        logger.error("%s", exc)
+    elif outcome == "resumed":
+        logger.warning(
+            "%s; resumed it (recovery %d of at most %d since it last made progress)",
+            stuck.describe(),
+            count,
+            limit,
+        )
+    return outcome
 
 
 def recover_stuck_runs(
     now: datetime | None = None, *, limit: int = 1000, dry_run: bool = False
 ) -> RecoveryReport:
     """One pass: find the stuck runs and resume each (fail those past MAX_RECOVERIES)."""
-    now = now or timezone.now()
+    now = now or clock.now()
     report = RecoveryReport(found=find_stuck_runs(now, limit=limit))
     if dry_run:
         return report

@@ -5,33 +5,38 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
-from django.utils import timezone
-
+from .. import clock
+from ..conf import get_settings
 from ..events import Event
 from ..exceptions import (
+    LimitExceededError,
     NonDeterminismError,
     NonRetriableError,
     OutputSerializationError,
     StepError,
     StepflowsError,
-    WorkflowNotFoundError,
 )
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, StepStatus
 from ..models import Step as StepRow
 from ..registry import Workflow, registry
-from . import recording
-from .control import Cancelled, StepOutcome, Suspend, TargetReached
-from .invocation import FINAL_ERRORS, Invocation, StepCall, Target, error_dict
-from .memo import load_memo, memo_for_step_task, record_of
-from .retry import delay_for
-from .serialization import to_json
+from ..serialization import to_json
+from ..store import runs as run_store
+from ..store import steps as step_store
+from ..store.fence import LeaseLost, new_token
+from ..store.records import StepRecord
+from .attempts import TRANSIENT_DB_ERRORS, StepCall, error_dict, record_failure
+from .control import StepOutcome, Suspend, TargetReached
+from .heartbeat import heartbeat
+from .ids import Target
+from .invocation import Invocation
+from .memo import load_memo, memo_for_step_task
+from .retry import decide
+from .step_task import StepTaskInvocation
 from .tools import Step, StepSync
 
 logger = logging.getLogger("stepflows.engine")
 
-# Errors of the database connection itself, not of the data: retried by the task.
-TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+__all__ = ["TRANSIENT_DB_ERRORS", "execute_run", "execute_step_task"]
 
 
 def _event_for(run: Run, workflow: Workflow) -> Event:
@@ -52,94 +57,153 @@ def _tools(inv: Invocation) -> Step | StepSync:
     return Step(inv) if inv.workflow.is_async else StepSync(inv)
 
 
-def execute_run(run_id: Any, wake: int | None = None) -> None:
+def _stopped(where: str, lost: LeaseLost) -> None:
+    if lost.cancelled:
+        logger.info("%s: cancelled; stopped before its next step", where)
+    else:
+        logger.warning(
+            "%s: lost its lease (another worker took it over after it expired); "
+            "this worker stops and records nothing more",
+            where,
+        )
+
+
+def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) -> None:
     """Invoke the run's workflow function once, from the top, under the run's lease.
 
     ``wake``: the wake-up the message was sent for; a stale one does nothing.
+    ``token``: the lease token of an earlier try of this same message (the
+    task retries after a lost database connection), so it claims the run again
+    at once instead of waiting for its own lease to expire.
     """
-    token = recording.new_token()
-    run = recording.claim_run(run_id, token, wake)
+    token = token or new_token()
+    run = run_store.claim_run(run_id, token, wake)
     if run is None:
         logger.debug("run %s: finished, cancelled or held by another worker; skipped", run_id)
         return
     try:
         workflow = registry.get(run.workflow_id)
-    except WorkflowNotFoundError as exc:
-        recording.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
-        return
-    try:
         event = _event_for(run, workflow)
-    except NonRetriableError as exc:
-        recording.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
+    except StepflowsError as exc:
+        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
         return
-    inv = Invocation(run=run, workflow=workflow, memo=load_memo(run.id), event=event, token=token)
+    with heartbeat.holding(run.id, token) as lease:
+        inv = Invocation(
+            run=run,
+            workflow=workflow,
+            memo=load_memo(run.id),
+            event=event,
+            token=token,
+            lease=lease,
+        )
+        _invoke(inv)
+
+
+def _invoke(inv: Invocation) -> None:
+    run, token = inv.run, inv.token
     try:
         value = inv.call_workflow(_tools(inv))
     except Suspend as signal:
         _suspend(inv, signal)
         return
-    except Cancelled:
-        logger.info("%s: cancelled; stopped before its next step", inv.where())
+    except LeaseLost as lost:
+        _stopped(inv.where(), lost)
         return
     except StepError as exc:
-        recording.finish_run(run.id, token, RunStatus.FAILED, error=exc.as_dict() | _tb(exc))
-        return
-    except FINAL_ERRORS as exc:
-        recording.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
+        tb = exc.traceback or error_dict(exc)["traceback"]
+        run_store.finish_run(
+            run.id, token, RunStatus.FAILED, error=exc.as_dict() | {"traceback": tb}
+        )
         return
     except TRANSIENT_DB_ERRORS:
         # The database went away (a restart, a failover): not the workflow's
-        # fault. The task retries the invocation; nothing was counted.
+        # fault. The task retries the invocation with the same token; nothing counted.
         raise
-    except Exception as exc:
+    except BaseException as exc:  # workflow code raised: retried, or final (see decide)
         _retry_or_fail(inv, exc)
         return
     if inv.suspended is not None:
         # The workflow caught our signal (a bare `except BaseException`); honour it anyway.
         _suspend(inv, inv.suspended)
         return
+    _finish(inv, value)
+
+
+def _finish(inv: Invocation, value: Any) -> None:
+    run, token = inv.run, inv.token
+    where = inv.where()
     try:
-        output, _ = to_json(value, where=f"workflow {workflow.id!r} (run {run.id})")
+        output, size = to_json(value, where=f"{where}: the workflow")
     except OutputSerializationError as exc:
-        recording.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
+        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
         return
-    recording.finish_run(run.id, token, RunStatus.COMPLETED, output=output)
-
-
-def _tb(exc: StepError) -> dict[str, Any]:
-    return {"traceback": exc.traceback or error_dict(exc)["traceback"]}
+    if size > inv.max_state:
+        too_big = LimitExceededError(
+            f"{where}: the workflow returned {size} bytes as JSON, over "
+            f"STEPFLOWS['MAX_STATE_BYTES'] = {inv.max_state}. Store large data elsewhere and "
+            "return a reference to it."
+        )
+        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(too_big))
+        return
+    run_store.finish_run(run.id, token, RunStatus.COMPLETED, output=output)
 
 
 def _suspend(inv: Invocation, signal: Suspend) -> None:
-    assert inv.token is not None
-    recording.suspend_run(inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown)
+    held = run_store.suspend_run(
+        inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown
+    )
+    if not held:
+        _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(inv.run.id)))
 
 
-def _retry_or_fail(inv: Invocation, exc: Exception) -> None:
+def _cancelled(run_id: Any) -> bool:
+    return run_store.run_status(run_id) in (None, RunStatus.CANCELLED)
+
+
+def _retry_or_fail(inv: Invocation, exc: BaseException) -> None:
     """Workflow code outside steps raised: retry the run, or fail it for good."""
-    assert inv.token is not None
     attempts = inv.run.attempts
-    if attempts >= inv.retries:
-        recording.finish_run(inv.run.id, inv.token, RunStatus.FAILED, error=error_dict(exc))
+    decision = decide(exc, attempts, inv.retries)
+    if not decision.retry:
+        run_store.finish_run(
+            inv.run.id, inv.token, RunStatus.FAILED, error=error_dict(decision.error)
+        )
         return
     logger.warning(
-        "%s: workflow code raised %s (attempt %d of %d); retrying",
+        "%s: workflow code raised %s (attempt %d of %d); retrying in %.1f s",
         inv.where(),
         type(exc).__name__,
         attempts + 1,
         inv.retries + 1,
+        decision.delay,
     )
-    recording.suspend_run(
-        inv.run.id, inv.token, planned=[], countdown=delay_for(exc, attempts), attempts=attempts + 1
+    held = run_store.suspend_run(
+        inv.run.id, inv.token, planned=[], countdown=decision.delay, attempts=attempts + 1
     )
+    if not held:
+        _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(inv.run.id)))
 
 
-def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> StepOutcome:
+# -- parallel steps ----------------------------------------------------------------------
+
+
+def execute_step_task(
+    run_id: Any,
+    step_id: str,
+    position: int,
+    group: int,
+    wake: int | None = None,
+    token: str | None = None,
+) -> StepOutcome:
     """Run one step of a parallel group: replay up to the group, run only this step.
 
-    A step that already finished (a redelivered message) is left alone; the
-    returned outcome says whether the task should retry later.
+    A step that already finished (a redelivered message), or that a live task
+    is executing (its heartbeat is fresh), is left alone; the returned outcome
+    says whether the task should retry later. ``token``: as for
+    :func:`execute_run`. ``wake`` is accepted for messages sent by earlier
+    versions and not used: the step's own lease decides who runs it.
     """
+    token = token or new_token()
     done = StepOutcome(completed=True)
     # One query for the step, its run and the run's event; the steps before
     # the group come from this process's cache (see memo_for_step_task).
@@ -152,70 +216,99 @@ def execute_step_task(run_id: Any, step_id: str, position: int, group: int) -> S
     run = row.run
     if run.status not in ACTIVE_RUN_STATUSES:
         return done
-    record = record_of(row)
-    memo = memo_for_step_task(run.id, group, run.resumes, record)
+    record = StepRecord.from_row(row)
     if record.is_finished:
         return done
     if record.retry_at is not None:
-        wait = (record.retry_at - timezone.now()).total_seconds()
+        wait = (record.retry_at - clock.now()).total_seconds()
         if wait > 0.05:
             return StepOutcome(retry_in=wait)
+    if row.status == StepStatus.RUNNING and not step_store.take_over_step(run_id, step_id, token):
+        logger.debug("run %s: step %r is running in a live task; skipped", run_id, step_id)
+        return done
+    target = Target(step_id, position, group)
     try:
         workflow = registry.get(run.workflow_id)
         event = _event_for(run, workflow)
     except StepflowsError as exc:
-        _fail_target(run, step_id, position, group, exc)
+        _fail_target(run, record, target, token, exc)
         return done
-    inv = Invocation(
-        run=run, workflow=workflow, memo=memo, event=event, target=Target(step_id, position, group)
-    )
+    memo = memo_for_step_task(run.id, group, run.resumes, record)
+    with heartbeat.holding(run.id, token, step_id) as lease:
+        inv = StepTaskInvocation(
+            run=run,
+            workflow=workflow,
+            memo=memo,
+            event=event,
+            token=token,
+            lease=lease,
+            target=target,
+        )
+        return _invoke_step(inv, record, token)
+
+
+def _invoke_step(inv: StepTaskInvocation, record: StepRecord, token: str) -> StepOutcome:
+    done = StepOutcome(completed=True)
+    run, target = inv.run, inv.target
     try:
         inv.call_workflow(_tools(inv))
     except TargetReached as reached:
         return reached.outcome
+    except LeaseLost as lost:
+        _stopped(inv.where(target.step_id), lost)
+        return done
     except Suspend:
         pass
     except TRANSIENT_DB_ERRORS:
         raise  # the task retries; a lost database connection must not fail the step
-    except Exception as exc:
+    except BaseException as exc:
         if inv.reached is None:
-            _fail_target(run, step_id, position, group, exc)
+            _fail_target(run, record, target, token, exc)
             return done
     if inv.reached is not None:
         # The step ran; the workflow went on past it (asyncio.wait) and ended.
         return inv.reached
     _fail_target(
         run,
-        step_id,
-        position,
-        group,
+        record,
+        target,
+        token,
         NonDeterminismError(
             f"workflow {run.workflow_id!r}, run {run.id}: replaying the workflow did not reach "
-            f"parallel step {step_id!r}"
+            f"parallel step {target.step_id!r}"
         ),
     )
     return done
 
 
-def _fail_target(run: Run, step_id: str, position: int, group: int, exc: BaseException) -> None:
+def _fail_target(
+    run: Run, record: StepRecord, target: Target, token: str, exc: BaseException
+) -> None:
     """The step task could not replay up to its step: fail the step so the group joins."""
-    memo = load_memo(run.id, before_group=0, plus_step=step_id)
-    record = memo.get(position)
-    inv = Invocation(
-        run=run,
-        workflow=registry.get(run.workflow_id) if run.workflow_id in _ids() else _missing(run),
-        memo=memo,
-        event=Event(name=run.event.name, data=run.event.data, id=run.event.id),
-    )
-    call = StepCall(step_id, position, record, lambda: None, (), {}, group)
-    inv.retries = 0
+    inv = _Failing(run=run, record=record, target=target, token=token)
+    call = StepCall(target.step_id, target.position, record, lambda: None, (), {}, target.group)
     error = exc if isinstance(exc, Exception) else NonRetriableError(repr(exc))
-    inv.record_failure(call, timezone.now(), error)
+    try:
+        record_failure(inv, call, clock.now(), error)  # type: ignore[arg-type]
+    except LeaseLost as lost:
+        _stopped(f"workflow {run.workflow_id!r}, run {run.id}", lost)
 
 
-def _ids() -> set[str]:
-    return {wf.id for wf in registry.all()}
+class _Failing:
+    """Just enough of an invocation to record a step's final failure."""
 
+    retries = 0
 
-def _missing(run: Run) -> Workflow:
-    return Workflow(id=run.workflow_id, fn=lambda ctx, step: None, triggers=[])
+    def __init__(self, *, run: Run, record: StepRecord, target: Target, token: str) -> None:
+        self.run_id = str(run.id)
+        self.workflow_id = run.workflow_id
+        self.token = token
+        self.memo = load_memo(run.id, before_group=0, plus_step=target.step_id)
+        self.max_state = get_settings().MAX_STATE_BYTES
+
+    def where(self, step_id: str | None = None) -> str:
+        text = f"workflow {self.workflow_id!r}, run {self.run_id}"
+        return f"{text}, step {step_id!r}" if step_id else text
+
+    def store_attempt(self, record: StepRecord, *, exists: bool) -> StepRecord:
+        return step_store.record_parallel(self.run_id, self.token, record, max_state=self.max_state)

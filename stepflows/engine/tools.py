@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from ..events import Event
+from .attempts import current_step
 from .invocation import Invocation
 
 T = TypeVar("T")
@@ -20,10 +21,11 @@ def _sender(inv: Invocation, events: EventsArg) -> Callable[[], list[str]]:
     items: Any = events if isinstance(events, Event | dict | str) else list(events)
 
     def send_events() -> list[str]:
-        from ..api import send_from_run
+        from ..sending import send_from_run
 
-        assert inv.current_step is not None
-        return send_from_run(items, run_id=inv.run_id, step_id=inv.current_step)
+        step_id = current_step.get()
+        assert step_id is not None
+        return send_from_run(items, run_id=inv.run_id, step_id=step_id)
 
     return send_events
 
@@ -34,19 +36,35 @@ class StepSync:
     def __init__(self, invocation: Invocation) -> None:
         self._inv = invocation
 
-    def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def run(
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run ``fn(*args, **kwargs)`` once as step ``step_id`` and return its output.
 
         The output is stored; on every later invocation of the run, the stored
         output is returned without calling ``fn``. A failing ``fn`` is retried
         with backoff; when it fails for good, :class:`StepError` is raised here.
+
+        ``timeout``: seconds an attempt may run; one that runs longer fails with
+        :class:`~stepflows.exceptions.StepTimeoutError` and is retried like any
+        failure. (``timeout`` is stepflows' keyword: to pass a ``timeout`` to
+        ``fn`` itself, wrap it with ``functools.partial``.)
         """
-        return self._inv.run_sync(step_id, fn, args, kwargs)
+        return self._inv.run_sync(step_id, fn, args, kwargs, timeout)
 
     def parallel(self, *callables: Callable[[], Any]) -> tuple[Any, ...]:
-        """Run several steps at once on Celery workers; return their outputs in order.
+        """Run several steps at once on Celery workers; return what each callable returns.
 
-        Each callable starts exactly one step, e.g. ``lambda: step.run("a", fa)``.
+        Each callable starts exactly one step, e.g. ``lambda: step.run("a", fa)``,
+        and may compute its value from the step's output
+        (``lambda: step.run("a", fa)["total"]``) or catch its ``StepError``.
+        The callables are called again, with every output at hand, once all the
+        steps have finished; the values are returned in argument order.
         """
         return self._inv.parallel_sync(callables)
 
@@ -71,15 +89,34 @@ class Step:
 
     @overload
     async def run(
-        self, step_id: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self,
+        step_id: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> T: ...
 
     @overload
-    async def run(self, step_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    async def run(
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> T: ...
 
-    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(
+        self,
+        step_id: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run ``fn`` (plain or async) once as step ``step_id``; see :meth:`StepSync.run`."""
-        return await self._inv.run_async(step_id, fn, args, kwargs)
+        return await self._inv.run_async(step_id, fn, args, kwargs, timeout)
 
     async def parallel(self, *callables: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
         """Run several steps at once on Celery workers; see :meth:`StepSync.parallel`."""

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from ..exceptions import OutputSerializationError
+from .exceptions import OutputSerializationError
 
 # An escaped NUL in JSON text, not preceded by an escaped backslash.
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -48,7 +48,41 @@ def to_json(value: Any, *, where: str) -> tuple[Any, int]:
             "which cannot be stored as JSON in PostgreSQL. Remove it, or encode binary "
             "data (base64) before returning it."
         )
-    return data, len(text.encode())
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (half of a UTF-16 pair, e.g. from bytes decoded with
+        # errors="surrogateescape") is not Unicode text: no database stores it.
+        char = text[exc.start]
+        path = _path_to(data, lambda s: char in s)
+        at = f" at {path}" if path else ""
+        raise OutputSerializationError(
+            f"{where} returned a value whose text contains a lone surrogate "
+            f"(U+{ord(char):04X}{at}), which is not valid Unicode and cannot be stored. "
+            "Decode bytes with their real encoding (or errors='replace') before returning them."
+        ) from None
+    return data, len(encoded)
+
+
+def _path_to(value: Any, bad: Callable[[str], bool], path: str = "") -> str | None:
+    """Where in JSON data the first string for which ``bad`` holds is.
+
+    Like ``['items'][2]``; ``''`` for the value itself, None when there is none.
+    (pydantic already refuses keys it cannot encode, so only values are searched.)
+    """
+    if isinstance(value, str):
+        return path if bad(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _path_to(item, bad, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _path_to(item, bad, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def return_type(fn: Callable[..., Any]) -> Any:

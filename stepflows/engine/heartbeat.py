@@ -1,0 +1,170 @@
+"""Heartbeats: keep the leases of what this process is executing alive.
+
+One daemon thread per worker process renews, every ``LEASE_SECONDS / 3``,
+the lease of each run whose code is running here (inline steps included)
+and marks each parallel step this process executes as ``running`` with a
+fresh ``heartbeat_at``. So a lease expires only when the process stops
+(killed, paused, cut off from the database), within ``LEASE_SECONDS``,
+however long a step runs; and recovery leaves a live step alone for hours.
+
+A parallel step is first marked after :data:`FIRST_STEP_BEAT` seconds: a
+step quicker than that costs no write for it. When a renewal finds the lease
+held by another token (taken over, or the run cancelled), the lease is
+marked lost; the invocation checks it before each step and stops
+(:class:`~stepflows.store.fence.LeaseLost`).
+
+The thread has its own database connection (Django's are per thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+
+from ..conf import get_settings
+from ..store import runs as run_store
+from ..store import steps as step_store
+from ..store.fence import LeaseLost
+
+logger = logging.getLogger("stepflows.engine")
+
+# Seconds before a parallel step is first marked running.
+FIRST_STEP_BEAT = 0.5
+# Seconds to wait before trying again when a heartbeat could not reach the database.
+RETRY_AFTER_ERROR = 1.0
+
+
+@dataclass(eq=False)
+class Lease:
+    """A lease this process holds: a run (``step_id`` None) or one parallel step."""
+
+    run_id: Any
+    token: str
+    step_id: str | None = None
+    due: float = 0.0
+    lost: bool = False
+    tracked: bool = field(default=True, repr=False)
+
+    def check(self) -> None:
+        """Raise LeaseLost when a heartbeat found the lease taken from this process."""
+        if self.lost:
+            what = f"run {self.run_id}"
+            if self.step_id is not None:
+                what = f"step {self.step_id!r} of {what}"
+            raise LeaseLost(what)
+
+
+class Heartbeat:
+    """The thread that renews the leases registered with :meth:`hold`."""
+
+    def __init__(self) -> None:
+        self.leases: set[Lease] = set()
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+        self.enabled = True
+
+    @property
+    def interval(self) -> float:
+        return get_settings().LEASE_SECONDS / 3
+
+    def hold(self, run_id: Any, token: str, step_id: str | None = None) -> Lease:
+        """Keep this lease alive until :meth:`release`."""
+        first = FIRST_STEP_BEAT if step_id is not None else self.interval
+        lease = Lease(run_id, token, step_id, due=time.monotonic() + first)
+        if not self.enabled:
+            lease.tracked = False
+            return lease
+        with self.cond:
+            self._ensure_thread()
+            self.leases.add(lease)
+            self.cond.notify()
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        if not lease.tracked:
+            return
+        with self.cond:
+            self.leases.discard(lease)
+
+    @contextmanager
+    def holding(self, run_id: Any, token: str, step_id: str | None = None) -> Iterator[Lease]:
+        lease = self.hold(run_id, token, step_id)
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    def _ensure_thread(self) -> None:
+        # A prefork pool child inherits no threads: start one in each process.
+        if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+            self.pid = os.getpid()
+            self.thread = threading.Thread(
+                target=self._loop, name="stepflows-heartbeat", daemon=True
+            )
+            self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                now = time.monotonic()
+                due = [lease for lease in self.leases if lease.due <= now]
+                if not due:
+                    nearest = min((lease.due for lease in self.leases), default=now + 60)
+                    self.cond.wait(timeout=max(0.01, nearest - now))
+                    continue
+            try:
+                self._beat(due)
+            except Exception:  # the database is away: try again soon
+                logger.warning("heartbeat: could not renew leases; retrying", exc_info=True)
+                connection.close()
+                retry = time.monotonic() + RETRY_AFTER_ERROR
+                for lease in due:
+                    lease.due = retry
+
+    def _beat(self, due: list[Lease]) -> None:
+        runs = [(lease.run_id, lease.token) for lease in due if lease.step_id is None]
+        steps = [(lease.run_id, lease.step_id, lease.token) for lease in due if lease.step_id]
+        lost_runs = set(run_store.renew_run_leases(runs)) if runs else set()
+        lost_steps = set(step_store.beat_steps(steps)) if steps else set()
+        following = time.monotonic() + self.interval
+        for lease in due:
+            key = (
+                (lease.run_id, lease.token)
+                if lease.step_id is None
+                else (lease.run_id, lease.step_id, lease.token)
+            )
+            if key in lost_runs or key in lost_steps:
+                if lease in self.leases:
+                    lease.lost = True
+                    logger.warning(
+                        "%s: lost its lease (taken over or cancelled); stopping it",
+                        f"run {lease.run_id}"
+                        if lease.step_id is None
+                        else f"step {lease.step_id!r} of run {lease.run_id}",
+                    )
+                with self.cond:
+                    self.leases.discard(lease)
+            else:
+                lease.due = following
+
+
+heartbeat = Heartbeat()
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """No heartbeat thread inside the block (the in-process test driver)."""
+    was, heartbeat.enabled = heartbeat.enabled, False
+    try:
+        yield
+    finally:
+        heartbeat.enabled = was

@@ -1,0 +1,218 @@
+"""Sending events: check them, find the workflows they start, store them.
+
+Both :func:`stepflows.send` and ``step.send_event`` come here, so that the
+engine sends events without importing :mod:`stepflows.api`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import reprlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+from pydantic import BaseModel, ValidationError
+
+from .conf import get_settings
+from .events import NAME_PATTERN, Event
+from .exceptions import EventValidationError, InvalidEventError, OutputSerializationError
+from .registry import Workflow, registry
+from .serialization import to_json
+from .store.events import store_events
+
+EventLike = Event | dict[str, Any]
+
+# The width of the Event.id column.
+MAX_EVENT_ID_LENGTH = 255
+
+_ACCEPTS = "an event name, an Event, a dict with name and data, or a list of Events and dicts"
+
+
+@dataclass
+class Prepared:
+    """An event checked and ready to store, with the workflows it starts."""
+
+    id: str
+    name: str
+    data: Any
+    ts: datetime
+    workflows: list[Workflow]
+
+    @property
+    def workflow_ids(self) -> list[str]:
+        return [wf.id for wf in self.workflows]
+
+
+def as_events(
+    event: Any, data: Any = None, id: str | None = None, ts: datetime | None = None
+) -> list[Event]:
+    """The events that ``send(event, data, id=id, ts=ts)`` means, as :class:`Event` objects.
+
+    Raises :class:`InvalidEventError` for anything else than what ``send`` takes.
+    """
+    if isinstance(event, str):
+        return [_build({"name": event, "data": {} if data is None else data, "id": id, "ts": ts})]
+    if data is not None or id is not None:
+        raise InvalidEventError(
+            "send(name, data=..., id=...) takes data and id only with an event name; "
+            "put them inside the Event objects instead"
+        )
+    if isinstance(event, Event | dict):
+        items: list[Any] = [event]
+    elif isinstance(event, Iterable) and not isinstance(event, bytes | bytearray | memoryview):
+        items = list(event)
+    else:
+        raise InvalidEventError(
+            f"send() takes {_ACCEPTS}; it got {type(event).__name__} {reprlib.repr(event)}"
+        )
+    return [e if isinstance(e, Event) else _build(e, i) for i, e in enumerate(items)]
+
+
+def _build(fields: Any, index: int = 0) -> Event:
+    if not isinstance(fields, dict):
+        raise InvalidEventError(
+            f"event #{index}: an event is an Event or a dict with name and data, not "
+            f"{type(fields).__name__} {reprlib.repr(fields)}"
+        )
+    fields = {k: v for k, v in fields.items() if v is not None or k == "data"}
+    try:
+        return Event(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'event'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise InvalidEventError(
+            f"event #{index} ({reprlib.repr(fields.get('name'))}): {problems}"
+        ) from None
+
+
+def prepare(event: Event, index: int) -> Prepared:
+    """Check event number ``index`` of a send and find the workflows it starts.
+
+    Raises :class:`InvalidEventError` (naming the event by index and name) for
+    a bad name, id or data, and :class:`EventValidationError` when the data
+    does not fit the schema of a workflow it would start.
+    """
+    conf = get_settings()
+    name = event.name
+    where = f"event #{index} ({name!r})" if isinstance(name, str) else f"event #{index}"
+    if not isinstance(name, str) or not name:
+        raise InvalidEventError(f"{where}: the event name must be a non-empty string")
+    if len(name) > conf.MAX_EVENT_NAME_LENGTH:
+        raise InvalidEventError(
+            f"event #{index}: the name is {len(name)} characters long; the limit is "
+            f"STEPFLOWS['MAX_EVENT_NAME_LENGTH'] = {conf.MAX_EVENT_NAME_LENGTH}"
+        )
+    if "\x00" in name:
+        raise InvalidEventError(f"{where}: the event name contains the NUL character (U+0000)")
+    if not NAME_PATTERN.fullmatch(name):
+        raise InvalidEventError(
+            f"{where}: an event name starts with a letter or digit and uses only letters, "
+            "digits and . _ - / : (like 'shop/order.created'), with no spaces or line breaks"
+        )
+    _check_id(event.id, where)
+    raw = event.data.model_dump(mode="json") if isinstance(event.data, BaseModel) else event.data
+    if not isinstance(raw, dict):
+        raise InvalidEventError(
+            f"{where}: event data must be a JSON object (a dict), not {type(raw).__name__}"
+        )
+    try:
+        data, size = to_json(raw, where=f"{where}: its data")
+    except OutputSerializationError as exc:
+        raise InvalidEventError(str(exc).replace("returned a value", "holds a value")) from None
+    if size > conf.MAX_EVENT_BYTES:
+        raise InvalidEventError(
+            f"{where}: its data is {size} bytes as JSON; the limit is "
+            f"STEPFLOWS['MAX_EVENT_BYTES'] = {conf.MAX_EVENT_BYTES}. Send a reference "
+            "(an id, a URL) instead of the content."
+        )
+    probe = Event(name=name, data=data, id=event.id, ts=event.ts)
+    workflows = registry.matching(probe)
+    check_schemas(workflows, data, f"{where}: its data does not match", "Nothing was stored.")
+    ts = event.ts if timezone.is_aware(event.ts) else timezone.make_aware(event.ts)
+    return Prepared(event.id or str(uuid.uuid4()), name, data, ts, workflows)
+
+
+def _check_id(event_id: Any, where: str) -> None:
+    if event_id is None:
+        return
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID_LENGTH:
+        raise InvalidEventError(
+            f"{where}: an event id is a string of 1 to {MAX_EVENT_ID_LENGTH} characters"
+        )
+    # Either would reach the database and fail there: PostgreSQL text cannot
+    # hold NUL, and a lone surrogate is not encodable text on any backend.
+    if "\x00" in event_id:
+        raise InvalidEventError(
+            f"{where}: the event id {event_id!r} contains the NUL character (U+0000); "
+            "remove it, or derive the id from a hash of the value"
+        )
+    try:
+        event_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(
+            f"{where}: the event id {event_id!r} contains a lone surrogate "
+            f"(U+{ord(event_id[exc.start]):04X}), which is not valid Unicode"
+        ) from None
+
+
+def check_schemas(workflows: list[Workflow], data: Any, what: str, outcome: str) -> None:
+    """Validate event data against each workflow's schema; the first failure is raised.
+
+    The :class:`EventValidationError` says ``what`` (where the data came from)
+    and ``outcome`` (what was, or was not, done about it).
+    """
+    for wf in workflows:
+        if wf.schema is None:
+            continue
+        try:
+            wf.schema.model_validate(data)
+        except ValidationError as exc:
+            raise EventValidationError(
+                f"{what} the schema {wf.schema.__name__} of workflow {wf.id!r}: {exc}. {outcome}",
+                workflow_id=wf.id,
+                errors=[dict(e) for e in exc.errors(include_url=False)],
+            ) from None
+
+
+def send_events(events: list[Event], source_run_id: Any = None) -> list[str]:
+    """Check and store ``events``, starting the runs they trigger; returns the event ids.
+
+    Every event is checked before anything is stored, so one bad event stores
+    none of them. ``source_run_id`` is the run sending them, if any.
+    """
+    prepared = [prepare(e, i) for i, e in enumerate(events)]
+    return store_events(prepared, source_run_id)
+
+
+def derived_event_id(run_id: Any, step_id: str, index: int) -> str:
+    """The id of the ``index``-th event sent without an id by step ``step_id`` of a run.
+
+    Stable across attempts and replays of the step, so it works as the
+    event's idempotency key. A step id too long for the 255-character event id
+    is replaced by its hash.
+    """
+    event_id = f"{run_id}:{step_id}:{index}"
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        digest = hashlib.sha256(step_id.encode()).hexdigest()[:32]
+        event_id = f"{run_id}:{digest}:{index}"
+    return event_id
+
+
+def send_from_run(events: Any, *, run_id: Any, step_id: str) -> list[str]:
+    """Send events from step ``step_id`` of a run (what ``step.send_event`` does).
+
+    Events without an id get :func:`derived_event_id`; the events record the
+    run as ``source_run`` and the runs they start record it as ``parent``.
+    """
+    items = as_events(events)
+    numbered = [
+        e if e.id is not None else e.model_copy(update={"id": derived_event_id(run_id, step_id, i)})
+        for i, e in enumerate(items)
+    ]
+    return send_events(numbered, source_run_id=run_id)

@@ -1,0 +1,86 @@
+"""Storing events and the runs they start; the runs are published after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from django.db import IntegrityError, transaction
+
+from .. import dispatch
+from ..models import Event, Run
+
+
+class NewEvent(Protocol):
+    """An event checked and ready to store, with the workflows it starts."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def data(self) -> Any: ...
+    @property
+    def ts(self) -> datetime: ...
+    @property
+    def workflow_ids(self) -> list[str]: ...
+
+
+def store_events(events: Sequence[NewEvent], source_run_id: Any = None) -> list[str]:
+    """Insert the events and one queued run per workflow each starts; returns the event ids.
+
+    An event whose id is already stored (or repeated in ``events``) starts
+    nothing new. ``source_run_id`` is the run that sent them: the events'
+    ``source_run`` and the runs' ``parent``. The runs are published when the
+    current transaction commits, so events sent in a transaction that rolls
+    back start nothing.
+    """
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                return _insert(events, source_run_id)
+        except IntegrityError:
+            # A concurrent sender stored the same event id first; the second
+            # pass finds it and starts nothing new.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _insert(events: Sequence[NewEvent], source_run_id: Any) -> list[str]:
+    existing = set(Event.objects.filter(id__in=[e.id for e in events]).values_list("id", flat=True))
+    fresh: list[NewEvent] = []
+    for e in events:
+        if e.id not in existing:
+            fresh.append(e)
+            existing.add(e.id)
+    Event.objects.bulk_create(
+        [
+            Event(id=e.id, name=e.name, data=e.data, ts=e.ts, source_run_id=source_run_id)
+            for e in fresh
+        ]
+    )
+    create_runs(
+        [
+            Run(workflow_id=workflow_id, event_id=e.id, parent_id=source_run_id)
+            for e in fresh
+            for workflow_id in e.workflow_ids
+        ]
+    )
+    return [e.id for e in events]
+
+
+def create_runs(runs: Sequence[Run]) -> None:
+    """Insert unsaved, queued ``runs`` and publish an invocation of each after commit."""
+    if not runs:
+        return
+    # No savepoint of its own: a caller's transaction already makes rows and
+    # publish all-or-nothing, and a savepoint would cost each send a round trip.
+    with transaction.atomic(savepoint=False):
+        Run.objects.bulk_create(runs)
+        run_ids = [r.pk for r in runs]
+        transaction.on_commit(
+            lambda: dispatch.publish([dispatch.execute_run(rid) for rid in run_ids]),
+            robust=True,
+        )

@@ -1,0 +1,44 @@
+"""Lease tokens, the signal of a lost lease, and publishing after commit."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+
+from django.db import transaction
+
+from .. import dispatch
+
+
+class LeaseLost(BaseException):
+    """This worker no longer holds the run (or the parallel step) it was executing.
+
+    Another worker took it over after the lease expired (this one was paused,
+    or cut off from the database), or staff cancelled the run. Every write of
+    the store is fenced by the lease token, so nothing this worker does from
+    now on is recorded; the invocation stops. A BaseException, so that a
+    workflow's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, what: str, *, cancelled: bool = False) -> None:
+        super().__init__(what)
+        self.what = what
+        self.cancelled = cancelled
+
+
+def worker_name() -> str:
+    """host:pid of this process, recorded on each attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_token() -> str:
+    """A lease token: this process, plus a random part unique to one invocation."""
+    return f"{worker_name()}:{os.urandom(4).hex()}"
+
+
+def after_commit(messages: Iterable[dispatch.Message]) -> None:
+    """Publish the messages once the current transaction commits (at once outside one)."""
+    batch = list(messages)
+    if batch:
+        transaction.on_commit(lambda: dispatch.publish(batch), robust=True)

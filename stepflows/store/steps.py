@@ -1,0 +1,185 @@
+"""Every change of a step's state: record an attempt, hold a parallel step, beat.
+
+An inline step is written under its run's lease: the INSERT or UPDATE itself
+checks that the run is still running under the writer's token. A parallel
+step is written under its own lease: a step task that has been executing a
+step for a moment marks it ``running`` with its token (the heartbeat does,
+so a fast step costs no extra write), and its outcome is recorded only while
+the step is unfinished and either not yet marked or marked with that token.
+A finished step is never overwritten.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Field, Q, Value
+from django.db.models.functions import Coalesce
+
+from .. import clock
+from ..models import Run, RunStatus, Step, StepStatus
+from .fence import LeaseLost
+from .records import FIELDS, FINISHED, StepRecord
+from .runs import count_down_join, run_status, stale_before
+
+
+class StateLimitExceeded(Exception):
+    """A parallel step's output would bring the run's stored outputs over the limit."""
+
+
+def _values(rec: StepRecord) -> dict[str, Any]:
+    return {
+        "status": rec.status,
+        "output": rec.output,
+        "output_bytes": rec.output_bytes,
+        "error": rec.error,
+        "attempts": rec.attempts,
+        "attempt_count": rec.attempt_count,
+        "retry_at": rec.retry_at,
+        "started_at": rec.started_at,
+        "ended_at": clock.now() if rec.is_finished else None,
+        "attempts_base": rec.attempts_base,
+        "lease_owner": "",
+        "heartbeat_at": None,
+    }
+
+
+def stored_step(run_id: Any, step_id: str) -> StepRecord:
+    row = Step.objects.filter(run_id=run_id, step_id=step_id).values(*FIELDS).get()
+    return StepRecord.from_row(row)
+
+
+def _lost(run_id: Any, what: str) -> LeaseLost:
+    status = run_status(run_id)
+    return LeaseLost(what, cancelled=status in (None, RunStatus.CANCELLED))
+
+
+# -- inline steps: under the run's lease ----------------------------------------------
+
+
+def record_inline(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> StepRecord:
+    """Store one attempt of an inline step, fenced by the run's lease; returns what is stored.
+
+    A new step costs one statement (``INSERT ... SELECT ... FROM run WHERE the
+    lease is ours``). Raises :class:`LeaseLost` when the run was cancelled or
+    taken over: nothing is written.
+    """
+    values = _values(rec)
+    if not exists:
+        try:
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                inserted = _insert_if_held(run_id, token, rec, values)
+        except IntegrityError:
+            return stored_step(run_id, rec.step_id)  # recorded by a redelivered invocation
+        if not inserted:
+            raise _lost(run_id, f"run {run_id}")
+        return rec
+    held = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING)
+    updated = (
+        Step.objects.filter(run_id=run_id, step_id=rec.step_id, run__in=held)
+        .exclude(status__in=FINISHED)
+        .update(**values)
+    )
+    if updated:
+        return rec
+    stored = stored_step(run_id, rec.step_id)
+    if stored.is_finished:
+        return stored
+    raise _lost(run_id, f"run {run_id}")
+
+
+def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, Any]) -> bool:
+    """INSERT the step row only while the run is running under ``token``, in one statement.
+
+    ``INSERT ... SELECT ... FROM run WHERE id = %s AND lease_owner = %s AND
+    status = 'running'``; on PostgreSQL each parameter is cast to its
+    column's type, since a bare parameter in a SELECT list has no type.
+    """
+    qn = connection.ops.quote_name
+    row = {"run": run_id, "step_id": rec.step_id, "position": rec.position, "group": rec.group}
+    row.update(values)
+    cast = connection.vendor == "postgresql"
+    columns, slots, params = [], [], []
+    for name, value in row.items():
+        f = Step._meta.get_field(name)
+        assert isinstance(f, Field)
+        columns.append(qn(str(f.column)))
+        params.append(f.get_db_prep_save(value, connection))
+        slots.append(f"CAST(%s AS {f.db_type(connection)})" if cast else "%s")
+    pk = Run._meta.pk
+    assert pk is not None
+    sql = (
+        f"INSERT INTO {qn(str(Step._meta.db_table))} ({', '.join(columns)}) "
+        f"SELECT {', '.join(slots)} FROM {qn(str(Run._meta.db_table))} "
+        f"WHERE {qn(str(pk.column))} = %s AND {qn('lease_owner')} = %s AND {qn('status')} = %s"
+    )
+    params += [pk.get_db_prep_value(run_id, connection), token, RunStatus.RUNNING.value]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+# -- parallel steps: under the step's own lease -------------------------------------------
+
+
+def _step_held_by(run_id: Any, step_id: str, token: str) -> Any:
+    """The step while it is unfinished and no other live task holds it."""
+    return Step.objects.filter(run_id=run_id, step_id=step_id).filter(
+        Q(status=StepStatus.SCHEDULED) | Q(status=StepStatus.RUNNING, lease_owner=token)
+    )
+
+
+def take_over_step(run_id: Any, step_id: str, token: str) -> bool:
+    """Hold a step marked running by a task whose heartbeat stopped (or by this token).
+
+    A step task that finds its step ``running`` calls this before executing
+    it: True when the step is now ours, False when a live task holds it.
+    """
+    now = clock.now()
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=step_id, status=StepStatus.RUNNING)
+        .filter(Q(heartbeat_at__lt=stale_before(now)) | Q(lease_owner=token))
+        .update(lease_owner=token, heartbeat_at=now)
+    )
+
+
+def beat_steps(leases: list[tuple[Any, str, str]]) -> list[tuple[Any, str, str]]:
+    """Heartbeat: mark each (run id, step id, token) running and fresh; returns those lost."""
+    now = clock.now()
+    lost = []
+    for run_id, step_id, token in leases:
+        marked = _step_held_by(run_id, step_id, token).update(
+            status=StepStatus.RUNNING,
+            lease_owner=token,
+            heartbeat_at=now,
+            started_at=Coalesce("started_at", Value(now)),
+        )
+        if not marked:
+            lost.append((run_id, step_id, token))
+    return lost
+
+
+def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int) -> StepRecord:
+    """Store one attempt of a parallel step, fenced by the step's lease; returns what is stored.
+
+    A step that finishes counts its group's join down in the same
+    transaction (see :func:`stepflows.store.runs.count_down_join`). Raises
+    :class:`StateLimitExceeded` (nothing written) when its output would bring
+    the run over ``max_state`` bytes, and :class:`LeaseLost` when another task
+    holds the step now.
+    """
+    assert rec.group is not None
+    with transaction.atomic():
+        written = _step_held_by(run_id, rec.step_id, token).update(**_values(rec))
+        if written:
+            if rec.is_finished and not count_down_join(
+                run_id, rec.group, rec.output_bytes, max_state
+            ):
+                raise StateLimitExceeded(rec.step_id)
+            return rec
+    stored = stored_step(run_id, rec.step_id)
+    if stored.is_finished:
+        return stored
+    raise LeaseLost(f"step {rec.step_id!r} of run {run_id}")
