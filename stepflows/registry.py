@@ -120,7 +120,7 @@ registry = Registry()
 
 
 def check_workflow_id(workflow_id: str) -> None:
-    """Raise :class:`ConfigurationError` unless ``workflow_id`` can be stored as a run's workflow."""
+    """Raise :class:`ConfigurationError` unless a run can store ``workflow_id``."""
     if not isinstance(workflow_id, str) or not workflow_id:
         raise ConfigurationError(f"a workflow id is a non-empty string, not {workflow_id!r}")
     if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:

@@ -21,7 +21,6 @@ Against real worker processes (:class:`CeleryWorker`, :func:`wait_for_run`)::
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import logging
 import os
@@ -225,14 +224,18 @@ class _Queued:
     message: Message = field(compare=False)
 
 
-def _heartbeats_disabled() -> AbstractContextManager[object]:
-    """Switch off the engine's lease heartbeat thread: the driver runs one thing at a time."""
+def _heartbeats_disabled() -> AbstractContextManager[None]:
+    """Switch off the engine's lease heartbeat thread.
+
+    Its thread would write with its own database connection, outside the
+    test's transaction; and the driver runs one message at a time, so no
+    lease can expire under it.
+    """
     try:
-        heartbeat = importlib.import_module("stepflows.engine.heartbeat")
-    except ImportError:
+        from .engine.heartbeat import disabled
+    except ImportError:  # an engine without heartbeats
         return contextlib.nullcontext()
-    cm: AbstractContextManager[object] = heartbeat.disabled()
-    return cm
+    return disabled()
 
 
 def run_on_commit_callbacks() -> int:
@@ -392,18 +395,18 @@ class InProcess:
             self._execute(entry.message)
 
     def _take(self, wanted: Callable[[Message], bool], *, allowed: bool) -> _Queued | None:
-        """The next wanted message, the clock moved on to when it is due."""
+        """Dequeue the next wanted message, moving the clock on to when it is due."""
         with self._lock:
             candidates = [q for q in self._queue if wanted(q.message)]
-            if not candidates:
-                return None
-            if not allowed:
-                raise InProcessError(self._limit_message(candidates))
-            entry = min(candidates)
-            self._queue.remove(entry)
-        wait = (entry.due - clock.now()).total_seconds()
-        if wait > 0:
-            clock.advance(wait)
+            entry = min(candidates) if candidates and allowed else None
+            if entry is not None:
+                self._queue.remove(entry)
+        if candidates and not allowed:
+            raise InProcessError(self._limit_message(candidates))
+        if entry is not None:
+            wait = (entry.due - clock.now()).total_seconds()
+            if wait > 0:
+                clock.advance(wait)
         return entry
 
     @staticmethod

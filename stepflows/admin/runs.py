@@ -17,7 +17,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import timeline
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from ..store.fence import worker_of
 from . import compare
 from .actions import RUN_ACTIONS
 from .common import (
@@ -46,6 +47,8 @@ STEP_FIELDS = (
     "ended_at",
     "attempts",
     "attempt_count",
+    "lease_owner",
+    "heartbeat_at",
 )
 
 
@@ -182,6 +185,7 @@ class RunAdmin(ReadOnlyAdmin):
             "original": run,
             "run": run,
             "status": status_badge(run.status),
+            "executing_on": worker_of(run.lease_owner) if run.lease_owner else "",
             "duration": duration_text(run.duration),
             "payload": pretty_json(run.event.data),
             "output": pretty_json(run.output),
@@ -271,10 +275,13 @@ def _step_row(step: Step) -> dict[str, Any]:
     attempts = step.attempts or []
     last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
     failed = sum(1 for a in attempts if isinstance(a, dict) and a.get("error"))
+    running = step.status == StepStatus.RUNNING and step.lease_owner
     return {
         "step": step,
         "status": status_badge(step.status),
-        "worker": last.get("worker", ""),
+        "worker": worker_of(step.lease_owner) if running else last.get("worker", ""),
+        # A parallel step being executed: when its worker last said it was alive.
+        "heartbeat": step.heartbeat_at if running else None,
         "duration": duration_text(step.duration),
         "size": size_text(step.output_bytes),
         "failed_attempts": failed,

@@ -49,6 +49,7 @@ class Lease:
     run_id: Any
     token: str
     step_id: str | None = None
+    attempt_count: int = 0  # a step's attempts recorded before this one
     due: float = 0.0
     lost: bool = False
     tracked: bool = field(default=True, repr=False)
@@ -76,10 +77,12 @@ class Heartbeat:
     def interval(self) -> float:
         return get_settings().LEASE_SECONDS / 3
 
-    def hold(self, run_id: Any, token: str, step_id: str | None = None) -> Lease:
+    def hold(
+        self, run_id: Any, token: str, step_id: str | None = None, attempt_count: int = 0
+    ) -> Lease:
         """Keep this lease alive until :meth:`release`."""
         first = FIRST_STEP_BEAT if step_id is not None else self.interval
-        lease = Lease(run_id, token, step_id, due=time.monotonic() + first)
+        lease = Lease(run_id, token, step_id, attempt_count, due=time.monotonic() + first)
         if not self.enabled:
             lease.tracked = False
             return lease
@@ -96,8 +99,10 @@ class Heartbeat:
             self.leases.discard(lease)
 
     @contextmanager
-    def holding(self, run_id: Any, token: str, step_id: str | None = None) -> Iterator[Lease]:
-        lease = self.hold(run_id, token, step_id)
+    def holding(
+        self, run_id: Any, token: str, step_id: str | None = None, attempt_count: int = 0
+    ) -> Iterator[Lease]:
+        lease = self.hold(run_id, token, step_id, attempt_count)
         try:
             yield lease
         finally:
@@ -132,16 +137,18 @@ class Heartbeat:
 
     def _beat(self, due: list[Lease]) -> None:
         runs = [(lease.run_id, lease.token) for lease in due if lease.step_id is None]
-        steps = [(lease.run_id, lease.step_id, lease.token) for lease in due if lease.step_id]
+        steps = [
+            (lease.run_id, lease.step_id, lease.token, lease.attempt_count)
+            for lease in due
+            if lease.step_id is not None
+        ]
         lost_runs = set(run_store.renew_run_leases(runs)) if runs else set()
         lost_steps = set(step_store.beat_steps(steps)) if steps else set()
         following = time.monotonic() + self.interval
         for lease in due:
-            key = (
-                (lease.run_id, lease.token)
-                if lease.step_id is None
-                else (lease.run_id, lease.step_id, lease.token)
-            )
+            key: tuple[Any, ...] = (lease.run_id, lease.token)
+            if lease.step_id is not None:
+                key = (lease.run_id, lease.step_id, lease.token, lease.attempt_count)
             if key in lost_runs or key in lost_steps:
                 if lease in self.leases:
                     lease.lost = True

@@ -10,9 +10,10 @@ up to its own step and runs only that one.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from asgiref.sync import async_to_sync
 
 from .. import clock
 from ..conf import get_settings
@@ -94,7 +95,11 @@ class Invocation:
 
     def call_workflow(self, step_tools: Any) -> Any:
         if self.workflow.is_async:
-            return asyncio.run(self.workflow.fn(self.ctx, step_tools))
+            # async_to_sync, not asyncio.run: the step functions and the store's
+            # writes (sync_to_async) come back to this thread, so they use its
+            # database connection (a test's transaction included) and a step's
+            # timeout can interrupt it.
+            return async_to_sync(self.workflow.fn)(self.ctx, step_tools)
         return self.workflow.fn(self.ctx, step_tools)
 
     def suspend(self, signal: Suspend) -> Suspend:

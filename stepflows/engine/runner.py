@@ -234,7 +234,7 @@ def execute_step_task(
         _fail_target(run, record, target, token, exc)
         return done
     memo = memo_for_step_task(run.id, group, run.resumes, record)
-    with heartbeat.holding(run.id, token, step_id) as lease:
+    with heartbeat.holding(run.id, token, step_id, record.attempt_count) as lease:
         inv = StepTaskInvocation(
             run=run,
             workflow=workflow,

@@ -17,6 +17,7 @@ from ..store.records import StepRecord
 from . import parallel
 from .attempts import StepCall
 from .control import StepOutcome, TargetReached
+from .heartbeat import heartbeat
 from .ids import Target
 from .invocation import RUN_NOW, Invocation
 
@@ -49,6 +50,9 @@ class StepTaskInvocation(Invocation):
 
     def store_attempt(self, record: StepRecord, *, exists: bool) -> StepRecord:
         """Write one attempt's record under the step's own lease."""
+        if self.lease is not None:
+            # The attempt is over: no heartbeat may mark the step running from now on.
+            heartbeat.release(self.lease)
         return step_store.record_parallel(self.run_id, self.token, record, max_state=self.max_state)
 
     def own_callable(self, count: int) -> int | None:

@@ -37,6 +37,11 @@ def new_token() -> str:
     return f"{worker_name()}:{os.urandom(4).hex()}"
 
 
+def worker_of(token: str) -> str:
+    """The host:pid part of a lease token (what admin and the command line show)."""
+    return token.rsplit(":", 1)[0] if token.count(":") >= 2 else token
+
+
 def after_commit(messages: Iterable[dispatch.Message]) -> None:
     """Publish the messages once the current transaction commits (at once outside one)."""
     batch = list(messages)

@@ -124,9 +124,15 @@ def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, 
 # -- parallel steps: under the step's own lease -------------------------------------------
 
 
-def _step_held_by(run_id: Any, step_id: str, token: str) -> Any:
-    """The step while it is unfinished and no other live task holds it."""
-    return Step.objects.filter(run_id=run_id, step_id=step_id).filter(
+def _step_held_by(run_id: Any, step_id: str, token: str, attempt_count: int) -> Any:
+    """The step while this task may write it: held by ``token``, or not yet marked.
+
+    ``attempt_count`` is the count the task started its attempt with: once an
+    attempt is recorded (by this task or a duplicate), the row no longer
+    matches, so a late heartbeat cannot mark a recorded step running again and
+    a duplicate cannot record the same attempt twice.
+    """
+    return Step.objects.filter(run_id=run_id, step_id=step_id, attempt_count=attempt_count).filter(
         Q(status=StepStatus.SCHEDULED) | Q(status=StepStatus.RUNNING, lease_owner=token)
     )
 
@@ -145,23 +151,27 @@ def take_over_step(run_id: Any, step_id: str, token: str) -> bool:
     )
 
 
-def beat_steps(leases: list[tuple[Any, str, str]]) -> list[tuple[Any, str, str]]:
-    """Heartbeat: mark each (run id, step id, token) running and fresh; returns those lost."""
+def beat_steps(leases: list[tuple[Any, str, str, int]]) -> list[tuple[Any, str, str, int]]:
+    """Heartbeat: mark each (run id, step id, token, attempt count) running and fresh.
+
+    Returns the leases lost (another task holds the step, or its attempt was recorded).
+    """
     now = clock.now()
     lost = []
-    for run_id, step_id, token in leases:
-        marked = _step_held_by(run_id, step_id, token).update(
+    for run_id, step_id, token, attempt_count in leases:
+        marked = _step_held_by(run_id, step_id, token, attempt_count).update(
             status=StepStatus.RUNNING,
             lease_owner=token,
             heartbeat_at=now,
             started_at=Coalesce("started_at", Value(now)),
         )
         if not marked:
-            lost.append((run_id, step_id, token))
+            lost.append((run_id, step_id, token, attempt_count))
     return lost
 
 
 def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int) -> StepRecord:
+    # ``rec`` is the record after this attempt: the attempt started with one fewer.
     """Store one attempt of a parallel step, fenced by the step's lease; returns what is stored.
 
     A step that finishes counts its group's join down in the same
@@ -172,7 +182,8 @@ def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int)
     """
     assert rec.group is not None
     with transaction.atomic():
-        written = _step_held_by(run_id, rec.step_id, token).update(**_values(rec))
+        held = _step_held_by(run_id, rec.step_id, token, rec.attempt_count - 1)
+        written = held.update(**_values(rec))
         if written:
             if rec.is_finished and not count_down_join(
                 run_id, rec.group, rec.output_bytes, max_state

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,13 +48,25 @@ def record_figures(scenario: str, **figures: Any) -> None:
 class FaultKit:
     """Start and kill workers, send events, wait for runs while recovering them."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
         self.workers: list[Any] = []
         self.recovered = 0
+        self.settings = settings
+        self.paused: set[int] = set()
+
+    def configure(self, **values: Any) -> None:
+        """Override ``STEPFLOWS`` settings in this process (where ``recover`` runs)."""
+        self.settings.STEPFLOWS = {**self.settings.STEPFLOWS, **values}
 
     def worker(
-        self, name: str = "fault", concurrency: int = 1, env: dict[str, str] | None = None
+        self,
+        name: str = "fault",
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        *,
+        beat: bool = False,
     ) -> Any:
+        """Start a worker on the suite's queue; ``beat``: with embedded celery beat (-B)."""
         from stepflows.testing import CeleryWorker
         from tests.conftest import worker_env
         from tests.settings import SESSION_DIR
@@ -71,6 +84,7 @@ class FaultKit:
             logfile=SESSION_DIR / f"{name}.log",
             name=name,
             cwd=django_settings.BASE_DIR,
+            beat=beat,
         )
         self.workers.append(worker)
         return worker.start()
@@ -113,7 +127,22 @@ class FaultKit:
                 raise TimeoutError(f"{unfinished} of {len(run_ids)} runs unfinished")
             time.sleep(1.0)
 
+    def pause(self, pid: int) -> None:
+        """SIGSTOP a process (a pool child mid-step): it holds its lease but does nothing."""
+        os.kill(pid, signal.SIGSTOP)
+        self.paused.add(pid)
+
+    def unpause(self, pid: int) -> None:
+        """SIGCONT a process paused with ``pause``."""
+        self.paused.discard(pid)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def stop_all(self) -> None:
+        for pid in list(self.paused):
+            self.unpause(pid)
         for worker in self.workers:
             worker.kill()
 
@@ -134,7 +163,7 @@ def wait_for_marks(key: str, n: int = 1, timeout: float = 120) -> list[list[str]
 def faults(settings: Any) -> Iterator[FaultKit]:
     """A FaultKit; this test's messages go to the suite's queue."""
     settings.STEPFLOWS = {**settings.STEPFLOWS, "QUEUE": FAULT_QUEUE}
-    kit = FaultKit()
+    kit = FaultKit(settings)
     try:
         yield kit
     finally:

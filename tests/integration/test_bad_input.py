@@ -60,6 +60,80 @@ def test_event_sent_in_rolled_back_transaction_starts_nothing():
     assert Event.objects.count() == 0 and Run.objects.count() == 0
 
 
+def nothing_stored() -> bool:
+    return Event.objects.count() == 0 and Run.objects.count() == 0
+
+
+@pytest.mark.parametrize("name", ["test/three-steps\n", "test/three-steps\r\n", "\ntest/x"])
+def test_an_event_name_with_a_line_break_is_refused(name):
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send([stepflows.Event(name="test/three-steps"), {"name": name}])
+    message = str(info.value)
+    assert f"event #1 ({name!r})" in message and "line breaks" in message
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "event, words",
+    [
+        ({"name": "test/three-steps", "id": "order-\x00-1"}, "event id 'order-\\x00-1'"),
+        ({"name": "test/three-\x00steps"}, "event name"),
+    ],
+)
+def test_nul_in_an_event_id_or_name_is_refused(event, words):
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send([stepflows.Event(name="test/three-steps"), event])
+    message = str(info.value)
+    assert "event #1" in message and words in message and "NUL" in message
+    assert nothing_stored()
+
+
+def test_a_lone_surrogate_in_event_data_is_refused():
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send("test/three-steps", data={"key": "ok", "note": ["fine", "bad\ud800"]})
+    message = str(info.value)
+    assert "event #0 ('test/three-steps')" in message and "its data holds a value" in message
+    assert "lone surrogate (U+D800 at ['note'][1])" in message
+    assert nothing_stored()
+
+
+def test_a_lone_surrogate_in_an_event_id_is_refused():
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send("test/three-steps", data={"key": "ok"}, id="order-\udc80")
+    message = str(info.value)
+    assert "event #0 ('test/three-steps')" in message and "lone surrogate (U+DC80)" in message
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("event", [None, 5, object(), b"test/three-steps"])
+def test_send_of_something_that_is_no_event_says_what_send_takes(event):
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send(event)
+    message = str(info.value)
+    assert message.startswith("send() takes an event name, an Event, a dict")
+    assert type(event).__name__ in message
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("item", [5, None, "test/three-steps"])
+def test_a_list_item_that_is_no_event_is_named_by_its_index(item):
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send([{"name": "test/three-steps"}, item])
+    message = str(info.value)
+    assert message.startswith("event #1: an event is an Event or a dict with name and data")
+    assert repr(item) in message
+    assert nothing_stored()
+
+
+def test_a_dict_that_is_no_event_names_the_field():
+    with pytest.raises(InvalidEventError) as info:
+        stepflows.send([{"name": "test/three-steps", "id": 7}])
+    message = str(info.value)
+    assert message.startswith("event #0 ('test/three-steps'): id: ")
+    assert "https://" not in message
+    assert nothing_stored()
+
+
 def test_non_serializable_step_output_fails_the_step_clearly(run_event):
     run = run_event("test/bad-output", {})
     assert run.status == RunStatus.FAILED

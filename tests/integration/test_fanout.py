@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import stepflows
-from stepflows import api
+from stepflows import api, sending
 from stepflows.exceptions import EventValidationError, TriggerFilterError
 from stepflows.models import Event, Run, RunStatus, Step, StepStatus
 from stepflows.testing import runs_for, wait_for_run, wait_for_runs
@@ -127,7 +127,7 @@ def test_sending_again_from_the_same_step_starts_nothing_new(celery_worker, key)
     [event_id] = stepflows.send("test/fan.parent", data={"key": key, "n": 3})
     parent = wait_for_run(runs_for([event_id])[0].id)
     wait_for_children(parent, 3)
-    again = api.send_from_run(
+    again = sending.send_from_run(
         [stepflows.Event(name="test/fan.child", data={"key": key, "i": i}) for i in range(3)],
         run_id=parent.id,
         step_id="fan-out",

@@ -55,7 +55,16 @@ def make_run(status: str = RunStatus.RUNNING, token: str = TOKEN) -> Run:
 
 
 def done(step_id: str, position: int, group: int | None = None, output: object = 1) -> StepRecord:
-    return StepRecord(step_id, position, group, StepStatus.COMPLETED, output=output, output_bytes=1)
+    """A step's record after its first attempt completed."""
+    return StepRecord(
+        step_id,
+        position,
+        group,
+        StepStatus.COMPLETED,
+        output=output,
+        output_bytes=1,
+        attempt_count=1,
+    )
 
 
 def queries(fn):
@@ -161,7 +170,7 @@ def test_suspend_without_the_lease_writes_and_sends_nothing(sent):
 def test_parallel_step_is_fenced_by_its_own_lease(sent):
     run = suspended_with_group(sent)
     # Task t1 has been running "a" for a while: its heartbeat marked it.
-    assert step_store.beat_steps([(run.id, "a", "t1")]) == []
+    assert step_store.beat_steps([(run.id, "a", "t1", 0)]) == []
     assert Step.objects.get(run=run, step_id="a").status == StepStatus.RUNNING
     # A duplicate task may not take it while t1's heartbeat is fresh...
     assert not step_store.take_over_step(run.id, "a", "t2")
@@ -172,16 +181,28 @@ def test_parallel_step_is_fenced_by_its_own_lease(sent):
         heartbeat_at=timezone.now() - timedelta(hours=1)
     )
     assert step_store.take_over_step(run.id, "a", "t2")
-    assert step_store.beat_steps([(run.id, "a", "t1")]) == [(run.id, "a", "t1")]
+    assert step_store.beat_steps([(run.id, "a", "t1", 0)]) == [(run.id, "a", "t1", 0)]
     with pytest.raises(LeaseLost):
         step_store.record_parallel(run.id, "t1", done("a", 0, group=0, output=7), max_state=100)
     step_store.record_parallel(run.id, "t2", done("a", 0, group=0, output=8), max_state=100)
     assert Step.objects.get(run=run, step_id="a").output == 8
+    # Once its attempt is recorded, a late heartbeat cannot mark it running again.
+    assert step_store.beat_steps([(run.id, "a", "t2", 0)]) == [(run.id, "a", "t2", 0)]
+    assert Step.objects.get(run=run, step_id="a").status == StepStatus.COMPLETED
+
+
+def test_a_late_heartbeat_does_not_mark_a_step_waiting_for_its_retry(sent):
+    run = suspended_with_group(sent)
+    retry = StepRecord("a", 0, 0, StepStatus.SCHEDULED, attempt_count=1, error={"type": "E"})
+    step_store.record_parallel(run.id, "t1", retry, max_state=100)
+    assert step_store.beat_steps([(run.id, "a", "t1", 0)]) == [(run.id, "a", "t1", 0)]
+    step = Step.objects.get(run=run, step_id="a")
+    assert step.status == StepStatus.SCHEDULED and step.lease_owner == ""
 
 
 def test_group_outputs_cannot_pass_the_state_limit(sent):
     run = suspended_with_group(sent, names=("a", "b", "c"))
-    big = StepRecord("a", 0, 0, StepStatus.COMPLETED, output="x", output_bytes=40)
+    big = StepRecord("a", 0, 0, StepStatus.COMPLETED, output="x", output_bytes=40, attempt_count=1)
     step_store.record_parallel(run.id, "t", big, max_state=100)
     big.step_id, big.position = "b", 1
     step_store.record_parallel(run.id, "t", big, max_state=100)

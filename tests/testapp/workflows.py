@@ -1,5 +1,5 @@
 """Test workflows, one module per topic; importing them registers them."""
 
-from .flows import admin_views, basics, fanout, faults
+from .flows import admin_views, audit, basics, core, fanout, faults, in_process, leases
 
-__all__ = ["admin_views", "basics", "fanout", "faults"]
+__all__ = ["admin_views", "audit", "basics", "core", "fanout", "faults", "in_process", "leases"]

@@ -8,12 +8,12 @@ from decimal import Decimal
 
 import pytest
 
-from stepflows import RetryAfterError
+from stepflows import NonRetriableError, RetryAfterError
 from stepflows.context import Context
-from stepflows.engine.retry import backoff, delay_for
-from stepflows.engine.serialization import restore, return_type, to_json
+from stepflows.engine.retry import backoff, decide
 from stepflows.events import Event
 from stepflows.exceptions import OutputSerializationError
+from stepflows.serialization import restore, return_type, to_json
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings):
@@ -25,12 +25,33 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings):
 
 
 def test_retry_after_error_sets_the_delay():
-    assert delay_for(RetryAfterError("x", 7), 0) == 7.0
-    assert delay_for(RetryAfterError("x", timedelta(minutes=1)), 3) == 60.0
+    assert decide(RetryAfterError("x", 7), 0, 4).delay == 7.0
+    assert decide(RetryAfterError("x", timedelta(minutes=1)), 3, 4).delay == 60.0
     when = datetime.now(UTC) + timedelta(seconds=30)
-    assert 28 < delay_for(RetryAfterError("x", when), 0) <= 30
+    assert 28 < decide(RetryAfterError("x", when), 0, 4).delay <= 30
     with pytest.raises(TypeError):
         RetryAfterError("x", "soon")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "retry_after, words",
+    [(datetime(2030, 1, 1), "naive datetime"), (float("inf"), "finite"), (1e12, "a year")],
+)
+def test_a_retry_after_that_cannot_be_honoured_is_a_final_usage_error(retry_after, words):
+    decision = decide(RetryAfterError("later", retry_after), 0, 4)
+    assert not decision.retry
+    assert type(decision.error).__name__ == "StepUsageError" and words in str(decision.error)
+
+
+def test_one_decision_for_every_failure():
+    class Custom(BaseException):
+        pass
+
+    assert decide(ValueError("x"), 0, 4).retry
+    assert not decide(ValueError("x"), 4, 4).retry  # the last attempt
+    for exc in (SystemExit(1), KeyboardInterrupt(), Custom(), NonRetriableError("no")):
+        decision = decide(exc, 0, 4)
+        assert not decision.retry and decision.error is exc
 
 
 def test_to_json_measures_and_refuses_what_json_cannot_hold():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import stepflows
 from stepflows.checks import check_settings, check_workflows
 from stepflows.exceptions import ConfigurationError, WorkflowNotFoundError
-from stepflows.registry import Registry, TriggerEvent, Workflow, registry
+from stepflows.models import Run
+from stepflows.registry import MAX_WORKFLOW_ID_LENGTH, Registry, TriggerEvent, Workflow, registry
 
 
 @pytest.fixture
@@ -44,6 +47,35 @@ def test_decorator_registers_and_returns_the_function(clean_registry):
 def test_decorator_rejects_bad_options(kwargs, words):
     with pytest.raises(ConfigurationError, match=words):
         stepflows.workflow(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "workflow_id, words",
+    [
+        ("w" * 256, "is 256 characters long; the limit is 255"),
+        ("orders\x00v2", "contains the NUL character"),
+        ("orders-\ud800", "contains a lone surrogate (U+D800)"),
+    ],
+)
+def test_a_workflow_id_the_run_table_cannot_hold_is_refused_at_decoration(
+    clean_registry, workflow_id, words
+):
+    with pytest.raises(ConfigurationError, match=re.escape(words)):
+
+        @stepflows.workflow(id=workflow_id, trigger="u/x")
+        def flow(ctx, step):
+            pass
+
+    assert all(wf.id != workflow_id for wf in clean_registry.all())
+
+
+def test_workflow_ids_may_fill_the_run_column_and_registering_checks_them_too(clean_registry):
+    assert Run._meta.get_field("workflow_id").max_length == MAX_WORKFLOW_ID_LENGTH
+    stepflows.workflow(id="w" * MAX_WORKFLOW_ID_LENGTH, trigger="u/x")(lambda ctx, step: None)
+    assert clean_registry.get("w" * MAX_WORKFLOW_ID_LENGTH)
+    for bad in ("", "x" * 256, "a\x00b"):
+        with pytest.raises(ConfigurationError, match="workflow id"):
+            clean_registry.register(Workflow(id=bad, fn=lambda c, s: None, triggers=[]))
 
 
 def test_trigger_filter():

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from stepflows.engine.serialization import restore, return_type, to_json
 from stepflows.exceptions import OutputSerializationError
+from stepflows.serialization import restore, return_type, to_json
 
 if TYPE_CHECKING:
     from decimal import Context as OnlyForTypeCheckers
@@ -147,3 +147,20 @@ def test_values_json_cannot_hold_are_a_clear_error(value, words):
     with pytest.raises(OutputSerializationError) as info:
         to_json(value, where="workflow 'w', run r, step 's':")
     assert words in str(info.value) and "step 's'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value, at",
+    [
+        ("bad\ud800", ""),
+        ({"a": [1, "ok", "x\udcff"]}, " at ['a'][2]"),
+        (("ok", {"k": "\udc80"}), " at [1]['k']"),
+    ],
+)
+def test_a_lone_surrogate_is_a_clear_error_naming_where_it_is(value, at):
+    with pytest.raises(OutputSerializationError) as info:
+        to_json(value, where="workflow 'w', run r, step 's':")
+    message = str(info.value)
+    assert message.startswith("workflow 'w', run r, step 's': returned a value")
+    assert "lone surrogate (U+D" in message and f"{at})" in message
+    assert "not valid Unicode" in message

@@ -6,7 +6,6 @@ import pytest
 from pydantic import BaseModel
 
 from stepflows import Event, TriggerEvent
-from stepflows.api import _as_events, _prepare, derived_event_id
 from stepflows.exceptions import (
     ConfigurationError,
     EventValidationError,
@@ -14,6 +13,7 @@ from stepflows.exceptions import (
     TriggerFilterError,
 )
 from stepflows.registry import Workflow, _triggers, registry
+from stepflows.sending import as_events, derived_event_id, prepare
 
 
 def flow(ctx, step):  # type: ignore[no-untyped-def]
@@ -64,14 +64,14 @@ def test_bad_triggers_are_configuration_errors(bad):
 
 def test_events_may_be_one_event_a_dict_or_a_list_of_either():
     one = Event(name="a/b", data={"x": 1})
-    assert _as_events(one, None, None, None) == [one]
-    [from_dict] = _as_events({"name": "a/b", "data": {"x": 1}}, None, None, None)
+    assert as_events(one) == [one]
+    [from_dict] = as_events({"name": "a/b", "data": {"x": 1}})
     assert (from_dict.name, from_dict.data) == ("a/b", {"x": 1})
-    mixed = _as_events([one, {"name": "a/c"}], None, None, None)
+    mixed = as_events([one, {"name": "a/c"}])
     assert [e.name for e in mixed] == ["a/b", "a/c"] and mixed[1].data == {}
-    assert _as_events((e for e in [one]), None, None, None) == [one]
+    assert as_events(e for e in [one]) == [one]
     with pytest.raises(InvalidEventError):
-        _as_events([42], None, None, None)
+        as_events([42])
 
 
 def test_derived_event_ids_are_stable_and_fit_the_id_column():
@@ -94,11 +94,11 @@ def test_schema_checks_every_workflow_the_event_would_start():
     )
     registry.register(Workflow(id=ids[1], fn=flow, triggers=[TriggerEvent("unit/pay")]))
     try:
-        prepared = _prepare(Event(name="unit/pay", data={"email": "a@b", "amount": "7"}), 0)
+        prepared = prepare(Event(name="unit/pay", data={"email": "a@b", "amount": "7"}), 0)
         assert sorted(wf.id for wf in prepared.workflows) == sorted(ids)
         assert prepared.data == {"email": "a@b", "amount": "7"}  # stored as sent
         with pytest.raises(EventValidationError) as info:
-            _prepare(Event(name="unit/pay", data={"email": "a@b", "amount": "lots"}), 2)
+            prepare(Event(name="unit/pay", data={"email": "a@b", "amount": "lots"}), 2)
         err = info.value
         assert err.workflow_id == "unit-schema"
         assert "event #2" in str(err) and "Payment" in str(err) and "amount" in str(err)

@@ -16,7 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import api
 from ...exceptions import StepflowsError
-from ...models import Event, Run
+from ...models import Event, Run, RunStatus, Step, StepStatus
+from ...store.fence import worker_of
 
 
 class Command(BaseCommand):
@@ -74,11 +75,15 @@ class Command(BaseCommand):
         if workflow:
             qs = qs.filter(workflow_id=workflow)
         rows = list(qs[:limit])
-        self.stdout.write(f"{'run':36}  {'workflow':24} {'status':10} {'event':28} created")
+        running = _running_steps([r.id for r in rows if r.status == RunStatus.WAITING])
+        self.stdout.write(
+            f"{'run':36}  {'workflow':24} {'status':10} {'event':28} {'created':19}  now"
+        )
         for run in rows:
             self.stdout.write(
                 f"{run.id!s:36}  {run.workflow_id[:24]:24} {run.status:10} "
-                f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}"
+                f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}  "
+                f"{_now_text(run, running.get(run.id, []))}"
             )
 
     # -- managing runs: the same verbs as the admin actions (stepflows.api) ------------
@@ -201,3 +206,29 @@ class Command(BaseCommand):
         done = subprocess.run([sys.executable, "-m", "stepflows.bench", *argv], env=env)
         if done.returncode:
             raise CommandError(f"the bench failed (exit status {done.returncode})")
+
+
+def _running_steps(run_ids: list[Any]) -> dict[Any, list[tuple[str, str]]]:
+    """For waiting runs: their parallel steps being executed, with the worker of each."""
+    found: dict[Any, list[tuple[str, str]]] = {}
+    rows = Step.objects.filter(run_id__in=run_ids, status=StepStatus.RUNNING).values_list(
+        "run_id", "step_id", "lease_owner"
+    )
+    for run_id, step_id, owner in rows:
+        found.setdefault(run_id, []).append((step_id, worker_of(owner)))
+    return found
+
+
+def _now_text(run: Run, running: list[tuple[str, str]]) -> str:
+    """What is happening to an active run right now, in a few words."""
+    if run.status == RunStatus.RUNNING and run.lease_owner:
+        return f"executing on {worker_of(run.lease_owner)}"
+    if running:
+        steps = ", ".join(f"{step} on {worker}" for step, worker in running[:3])
+        more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+        return f"running {steps}{more}"
+    if run.status == RunStatus.WAITING and run.join_pending:
+        return f"waiting for {run.join_pending} parallel step(s)"
+    if run.status == RunStatus.WAITING:
+        return "waiting for a retry"
+    return ""
