@@ -95,7 +95,7 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # stepflows' periodic recovery of stuck runs; `make demo` embeds beat in its worker,
 # production runs `celery -A project beat` next to the workers.
-CELERY_BEAT_SCHEDULE = beat_schedule(float(os.environ.get("STEPFLOWS_RECOVERY_INTERVAL", "30")))
+CELERY_BEAT_SCHEDULE = beat_schedule(float(os.environ.get("STEPFLOWS_RECOVERY_INTERVAL", "10")))
 
 STEPFLOWS: dict[str, object] = {}
 

@@ -38,9 +38,9 @@ RECOMMENDED: dict[str, Any] = {
 REDIS_VISIBILITY_TIMEOUT = 3600
 """Seconds before Redis gives an unacknowledged message to another worker.
 
-Longer than your longest step (or the step runs twice while it still runs);
-messages of a worker killed outright come back after it, or earlier through
-``stepflows recover``.
+A message redelivered while its step still runs finds the step's heartbeat
+fresh and does nothing; messages of a worker killed outright come back after
+it, or earlier through ``stepflows recover``.
 """
 
 RECOVERY_INTERVAL = 10.0

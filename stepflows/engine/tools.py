@@ -18,7 +18,12 @@ def _sender(inv: Invocation, events: EventsArg) -> Callable[[], list[str]]:
     """The step function behind send_event: ids derive from run and step, so a
     re-run of the step after a crash sends nothing twice."""
     # Take a one-shot iterable (a generator) now: a retried attempt must send the same events.
-    items: Any = events if isinstance(events, Event | dict | str) else list(events)
+    items: Any = events
+    if not isinstance(events, Event | dict | str):
+        try:
+            items = list(events)
+        except TypeError:
+            pass  # not an iterable: sending refuses it with InvalidEventError, in the step
 
     def send_events() -> list[str]:
         from ..sending import send_from_run
