@@ -16,9 +16,8 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,27 +32,21 @@ from ..exceptions import (
     StepUsageError,
 )
 from ..models import StepStatus
-from ..serialization import restore, return_type, to_json
+from ..serialization import restore, to_json
 from ..store.fence import worker_name
 from ..store.records import StepRecord
 from ..store.steps import StateLimitExceeded
+from .calls import StepCall, current_step
 from .control import StepOutcome
 from .retry import decide
 
 if TYPE_CHECKING:
-    from .invocation import Invocation
+    from .host import Host as Invocation
 
 MAX_TRACEBACK_CHARS = 20_000
 
 # Errors of the database connection itself, not of the data: the task retries.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
-
-# The step whose function is running. A context variable, not an attribute:
-# in experimental async mode several asyncio tasks share one invocation, and
-# only code inside a step's own task is "inside" that step.
-from contextvars import ContextVar  # noqa: E402
-
-current_step: ContextVar[str | None] = ContextVar("stepflows_current_step", default=None)
 
 
 def _text(value: str) -> str:
@@ -73,24 +66,6 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
         "message": _text(message),
         "traceback": _text(tb[-MAX_TRACEBACK_CHARS:]),
     }
-
-
-@dataclass
-class StepCall:
-    """One call of ``step.run`` in this invocation."""
-
-    step_id: str
-    position: int
-    record: StepRecord | None
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    group: int | None = None
-    timeout: float | None = None
-
-    @property
-    def annotation(self) -> Any:
-        return return_type(self.fn)
 
 
 # -- calling the function -------------------------------------------------------------

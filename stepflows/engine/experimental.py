@@ -27,8 +27,8 @@ from . import attempts
 from .control import PlannedStep, Suspend, TargetReached
 
 if TYPE_CHECKING:
-    from .attempts import StepCall
-    from .invocation import Invocation
+    from .calls import StepCall
+    from .host import Host as Invocation
 
 # Loop iterations without a new step before the loop counts as quiet: a task
 # may yield once or twice (asyncio.sleep(0)) before it reaches its step.

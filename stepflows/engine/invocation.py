@@ -26,7 +26,7 @@ from ..serialization import restore
 from ..store import steps as step_store
 from ..store.records import StepRecord
 from . import attempts, parallel
-from .attempts import StepCall, current_step
+from .calls import StepCall, current_step
 from .control import LeaseLost, Pending, StepOutcome, Suspend, TargetReached
 from .heartbeat import Lease
 from .ids import StepIds, Target

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import LimitExceededError, NestedStepError, StepError, StepUsageError
 from ..models import StepStatus
 from ..serialization import restore
-from .attempts import StepCall, current_step
+from .calls import StepCall, current_step
 from .control import Pending, PlannedStep
 
 if TYPE_CHECKING:
-    from .invocation import Invocation
+    from .host import Host as Invocation
 
 
 @dataclass

@@ -24,7 +24,8 @@ from ..store import runs as run_store
 from ..store import steps as step_store
 from ..store.fence import LeaseLost, new_token
 from ..store.records import StepRecord
-from .attempts import TRANSIENT_DB_ERRORS, StepCall, error_dict, record_failure
+from .attempts import TRANSIENT_DB_ERRORS, error_dict, record_failure
+from .calls import StepCall
 from .control import StepOutcome, Suspend, TargetReached
 from .heartbeat import heartbeat
 from .ids import Target

@@ -15,7 +15,7 @@ from ..exceptions import NonDeterminismError
 from ..store import steps as step_store
 from ..store.records import StepRecord
 from . import parallel
-from .attempts import StepCall
+from .calls import StepCall
 from .control import StepOutcome, TargetReached
 from .heartbeat import heartbeat
 from .ids import Target

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from ..events import Event
-from .attempts import current_step
+from .calls import current_step
 from .invocation import Invocation
 
 T = TypeVar("T")
