@@ -32,6 +32,9 @@ from .heartbeat import Lease
 from .ids import StepIds, Target
 from .memo import Memo
 
+# The longest step timeout (a year, in seconds); leave it out for none.
+MAX_STEP_TIMEOUT = 365 * 24 * 3600.0
+
 # Sentinel: the decision is to run the step's function now.
 RUN_NOW = object()
 
@@ -127,10 +130,14 @@ class Invocation:
             raise StepUsageError(
                 f"{self.where(base_id)}: step.run needs a function to call, got {fn!r}"
             )
-        if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout):
+        if timeout is not None and not (
+            isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+            and 0 < timeout <= MAX_STEP_TIMEOUT
+        ):
             raise StepUsageError(
-                f"{self.where(base_id)}: timeout must be a positive number of seconds, "
-                f"got {timeout!r}"
+                f"{self.where(base_id)}: timeout must be a number of seconds above 0 and at "
+                f"most a year ({MAX_STEP_TIMEOUT:g}), got {timeout!r}; leave it out for no limit"
             )
         step_id, position = self.ids.next(base_id)
         record = self.memo.get(position)

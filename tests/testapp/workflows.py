@@ -1,5 +1,25 @@
 """Test workflows, one module per topic; importing them registers them."""
 
-from .flows import admin_views, audit, basics, core, fanout, faults, in_process, leases
+from .flows import (
+    admin_views,
+    audit,
+    basics,
+    core,
+    engine_units,
+    fanout,
+    faults,
+    in_process,
+    leases,
+)
 
-__all__ = ["admin_views", "audit", "basics", "core", "fanout", "faults", "in_process", "leases"]
+__all__ = [
+    "admin_views",
+    "audit",
+    "basics",
+    "core",
+    "engine_units",
+    "fanout",
+    "faults",
+    "in_process",
+    "leases",
+]
