@@ -12,6 +12,7 @@ A finished step is never overwritten.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -90,34 +91,83 @@ def record_inline(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> 
     raise _lost(run_id, f"run {run_id}")
 
 
-def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, Any]) -> bool:
-    """INSERT the step row only while the run is running under ``token``, in one statement.
+# The columns every attempt writes, in order (see _values), after the row's identity.
+_IDENTITY = ("run", "step_id", "position", "group")
+_WRITTEN = (
+    "status",
+    "output",
+    "output_bytes",
+    "error",
+    "attempts",
+    "attempt_count",
+    "retry_at",
+    "started_at",
+    "ended_at",
+    "attempts_base",
+    "lease_owner",
+    "heartbeat_at",
+)
 
-    ``INSERT ... SELECT ... FROM run WHERE id = %s AND lease_owner = %s AND
-    status = 'running'``; on PostgreSQL each parameter is cast to its
-    column's type, since a bare parameter in a SELECT list has no type.
-    """
-    qn = connection.ops.quote_name
-    row = {"run": run_id, "step_id": rec.step_id, "position": rec.position, "group": rec.group}
-    row.update(values)
-    cast = connection.vendor == "postgresql"
-    columns, slots, params = [], [], []
-    for name, value in row.items():
+
+@lru_cache(maxsize=8)
+def _fields(names: tuple[str, ...]) -> list[Field]:
+    found = []
+    for name in names:
         f = Step._meta.get_field(name)
         assert isinstance(f, Field)
-        columns.append(qn(str(f.column)))
-        params.append(f.get_db_prep_save(value, connection))
-        slots.append(f"CAST(%s AS {f.db_type(connection)})" if cast else "%s")
+        found.append(f)
+    return found
+
+
+@lru_cache(maxsize=4)
+def _insert_sql(vendor: str) -> str:
+    """``INSERT ... SELECT ... FROM run WHERE the lease is held``, built once per backend.
+
+    On PostgreSQL each parameter is cast to its column's type, since a bare
+    parameter in a SELECT list has no type to be inferred from.
+    """
+    qn = connection.ops.quote_name
+    fields = _fields(_IDENTITY + _WRITTEN)
+    columns = ", ".join(qn(str(f.column)) for f in fields)
+    cast = vendor == "postgresql"
+    slots = ", ".join(f"CAST(%s AS {f.db_type(connection)})" if cast else "%s" for f in fields)
+    return (
+        f"INSERT INTO {qn(Step._meta.db_table)} ({columns}) "
+        f"SELECT {slots} FROM {qn(Run._meta.db_table)} "
+        f"WHERE {qn('id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} = %s"
+    )
+
+
+@lru_cache(maxsize=4)
+def _update_parallel_sql(vendor: str) -> str:
+    """``UPDATE step SET ... WHERE this task may write it`` (see _step_held_by), built once."""
+    qn = connection.ops.quote_name
+    sets = ", ".join(f"{qn(str(f.column))} = %s" for f in _fields(_WRITTEN))
+    return (
+        f"UPDATE {qn(Step._meta.db_table)} SET {sets} "
+        f"WHERE {qn('run_id')} = %s AND {qn('step_id')} = %s AND {qn('attempt_count')} = %s "
+        f"AND ({qn('status')} = %s OR ({qn('status')} = %s AND {qn('lease_owner')} = %s))"
+    )
+
+
+def _params(names: tuple[str, ...], row: dict[str, Any]) -> list[Any]:
+    return [f.get_db_prep_save(row[f.name], connection) for f in _fields(names)]
+
+
+def _run_key(run_id: Any) -> Any:
     pk = Run._meta.pk
     assert pk is not None
-    sql = (
-        f"INSERT INTO {qn(str(Step._meta.db_table))} ({', '.join(columns)}) "
-        f"SELECT {', '.join(slots)} FROM {qn(str(Run._meta.db_table))} "
-        f"WHERE {qn(str(pk.column))} = %s AND {qn('lease_owner')} = %s AND {qn('status')} = %s"
-    )
-    params += [pk.get_db_prep_value(run_id, connection), token, RunStatus.RUNNING.value]
+    return pk.get_db_prep_value(run_id, connection)
+
+
+def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, Any]) -> bool:
+    """INSERT the step row only while the run is running under ``token``, in one statement."""
+    row = {"run": run_id, "step_id": rec.step_id, "position": rec.position, "group": rec.group}
+    row.update(values)
+    params = _params(_IDENTITY + _WRITTEN, row)
+    params += [_run_key(run_id), token, RunStatus.RUNNING.value]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_insert_sql(connection.vendor), params)
         return cursor.rowcount == 1
 
 
@@ -182,8 +232,20 @@ def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int)
     """
     assert rec.group is not None
     with transaction.atomic():
-        held = _step_held_by(run_id, rec.step_id, token, rec.attempt_count - 1)
-        written = held.update(**_values(rec))
+        # _step_held_by(...).update(...) as one prepared statement: the ORM would
+        # compile the same query again for every step of every group.
+        params = _params(_WRITTEN, _values(rec))
+        params += [
+            _run_key(run_id),
+            rec.step_id,
+            rec.attempt_count - 1,
+            StepStatus.SCHEDULED.value,
+            StepStatus.RUNNING.value,
+            token,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_update_parallel_sql(connection.vendor), params)
+            written = cursor.rowcount
         if written:
             if rec.is_finished and not count_down_join(
                 run_id, rec.group, rec.output_bytes, max_state
