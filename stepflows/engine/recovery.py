@@ -178,7 +178,7 @@ def _waiting_reason(run: Any, *, now: datetime, stall: float, join: float) -> st
     return "steps-stalled" if _idle(latest, stall, run.recoveries, now) else None
 
 
-def resume_stuck_run(stuck: StuckRun, now: datetime | None = None) -> str:
+def resume_stuck_run(stuck: StuckRun) -> str:
     """Resume (or, past MAX_RECOVERIES, fail) one stuck run; returns what was done.
 
     ``"resumed"``, ``"failed"``, or ``"skipped"`` when the run moved meanwhile
@@ -220,6 +220,6 @@ def recover_stuck_runs(
     if dry_run:
         return report
     for stuck in report.found:
-        outcome = resume_stuck_run(stuck, now)
+        outcome = resume_stuck_run(stuck)
         getattr(report, outcome).append(stuck.run_id)
     return report
