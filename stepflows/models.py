@@ -34,6 +34,21 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
 
 
+class WaitKind(models.TextChoices):
+    """What a waiting run (``Run.waiting_for``) or a waiting step (``Step.kind``) waits for."""
+
+    SLEEP = "sleep", _("sleep")
+    EVENT = "event", _("event")
+    INVOKE = "invoke", _("invoked run")
+
+
+class StepKind(models.TextChoices):
+    RUN = "run", _("code")
+    SLEEP = "sleep", _("sleep")
+    EVENT = "event", _("wait for event")
+    INVOKE = "invoke", _("invoke")
+
+
 class StepStatus(models.TextChoices):
     SCHEDULED = "scheduled", _("scheduled")
     """Waiting for a worker: a parallel step not yet started, or a retry not yet due."""
@@ -171,6 +186,17 @@ class Run(models.Model):
     # the last one resumes the run (see stepflows.store.steps).
     join_group = models.PositiveIntegerField(null=True, blank=True, editable=False)
     join_pending = models.PositiveIntegerField(default=0, editable=False)
+    # A durable wait (step.sleep, step.wait_for_event, step.invoke): what the
+    # waiting run waits for, and when the sweep must wake it (a sleep's due
+    # time, a wait's timeout). Cleared when it is woken.
+    waiting_for = models.CharField(
+        _("waiting for"), max_length=16, choices=WaitKind.choices, blank=True, default=""
+    )
+    wait_until = models.DateTimeField(_("wait until"), null=True, blank=True)
+    # A run started by step.invoke: the step of ``parent`` that waits for it.
+    caller_step = models.CharField(_("invoked by step"), max_length=255, blank=True, default="")
+    # Its cancel_on waiters are registered (at its first invocation).
+    listening = models.BooleanField(default=False, editable=False)
 
     objects = RunQuerySet.as_manager()
 
@@ -190,6 +216,7 @@ class Run(models.Model):
             models.Index(fields=["status", "-created_at"], name="stepflows_run_status_idx"),
             models.Index(fields=["workflow_id", "-created_at"], name="stepflows_run_wf_idx"),
             models.Index(fields=["status", "progress_at"], name="stepflows_run_progress_idx"),
+            models.Index(fields=["status", "wait_until"], name="stepflows_run_wait_idx"),
         ]
 
     def __str__(self) -> str:
@@ -263,6 +290,12 @@ class Step(models.Model):
     # older than LEASE_SECONDS (see stepflows.engine.heartbeat).
     lease_owner = models.CharField(max_length=100, blank=True, default="", editable=False)
     heartbeat_at = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
+    # What the step does: run code, or wait durably (sleep, event, invoked run).
+    kind = models.CharField(_("kind"), max_length=16, choices=StepKind.choices, default="run")
+    # A waiting step: when a sleep is due, or a wait times out.
+    wake_at = models.DateTimeField(_("wakes at"), null=True, blank=True)
+    # A waiting step's details (event name and match value, child run...).
+    wait = models.JSONField(_("wait"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("step")
@@ -290,3 +323,37 @@ class Step(models.Model):
 
     def error_summary(self) -> dict[str, Any] | None:
         return self.error
+
+
+class Waiter(models.Model):
+    """A pending wait for an event: a ``step.wait_for_event`` or a ``cancel_on``.
+
+    Keyed by event name and match key (a hash of the matched field's path and
+    value, ``*`` without ``match``), so each sent event finds its waiters with
+    one indexed query, however many runs wait on other keys.
+    """
+
+    WAIT = "wait"
+    CANCEL = "cancel"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="waiters")
+    step_id = models.CharField(max_length=255, blank=True, default="")
+    kind = models.CharField(max_length=8, default=WAIT)
+    event_name = models.CharField(max_length=255)
+    match_key = models.CharField(max_length=64)
+    # An if_ predicate must be called in the workflow's code: the event only wakes the run.
+    has_filter = models.BooleanField(default=False)
+    # For cancel_on: which of the workflow's CancelOn entries.
+    cancel_index = models.PositiveSmallIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("waiter")
+        verbose_name_plural = _("waiters")
+        indexes = [
+            models.Index(fields=["event_name", "match_key"], name="stepflows_waiter_match_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.event_name} for run {self.run_id}"

@@ -28,6 +28,9 @@ class StepRecord:
     retry_at: datetime | None = None
     started_at: datetime | None = None
     attempts_base: int = 0
+    kind: str = "run"
+    wake_at: datetime | None = None
+    wait: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> StepRecord:

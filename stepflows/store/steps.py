@@ -92,7 +92,7 @@ def record_inline(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> 
 
 
 # The columns every attempt writes, in order (see _values), after the row's identity.
-_IDENTITY = ("run", "step_id", "position", "group")
+_IDENTITY = ("run", "step_id", "position", "group", "kind", "wake_at", "wait")
 _WRITTEN = (
     "status",
     "output",
@@ -162,7 +162,15 @@ def _run_key(run_id: Any) -> Any:
 
 def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, Any]) -> bool:
     """INSERT the step row only while the run is running under ``token``, in one statement."""
-    row = {"run": run_id, "step_id": rec.step_id, "position": rec.position, "group": rec.group}
+    row = {
+        "run": run_id,
+        "step_id": rec.step_id,
+        "position": rec.position,
+        "group": rec.group,
+        "kind": rec.kind,
+        "wake_at": rec.wake_at,
+        "wait": rec.wait,
+    }
     row.update(values)
     params = _params(_IDENTITY + _WRITTEN, row)
     params += [_run_key(run_id), token, RunStatus.RUNNING.value]
