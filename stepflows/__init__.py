@@ -24,13 +24,14 @@ from .exceptions import (
     StepError,
     StepflowsError,
 )
-from .registry import TriggerEvent, workflow
+from .registry import CancelOn, Timeouts, TriggerEvent, workflow
 
 if TYPE_CHECKING:
     from .api import asend, send
     from .engine.tools import Step, StepSync
 
 __all__ = [
+    "CancelOn",
     "Context",
     "Event",
     "NonRetriableError",
@@ -39,6 +40,7 @@ __all__ = [
     "StepError",
     "StepSync",
     "StepflowsError",
+    "Timeouts",
     "TriggerEvent",
     "asend",
     "send",

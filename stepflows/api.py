@@ -93,14 +93,16 @@ def rerun(run: Run | Any) -> Run:
     return new
 
 
-def cancel_run(run: Run | Any, *, reason: str = "cancelled") -> bool:
+def cancel_run(run: Run | Any, *, reason: str = "cancelled", children: bool = True) -> bool:
     """Cancel a queued, running or waiting run; False when it had already finished.
 
     A running run stops before its next step: the worker executing it finds its
     lease gone at its next write or heartbeat. A step already running finishes,
-    and its outcome is not recorded.
+    and its outcome is not recorded. A sleeping or waiting run is cancelled at
+    once, its waits dropped. Runs it started with ``step.invoke`` are cancelled
+    too, unless ``children`` is False.
     """
-    return run_store.cancel_run(_run(run).pk, reason=reason)
+    return run_store.cancel_run(_run(run).pk, reason=reason, children=children)
 
 
 def replay_event(event: EventRow | str) -> list[Run]:

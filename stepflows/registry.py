@@ -7,8 +7,10 @@ imports the ``workflows`` module of every installed app at startup.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -41,6 +43,69 @@ class TriggerEvent:
         return self.if_ is None or bool(self.if_(event))
 
 
+def seconds_of(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` (a timedelta or a number of seconds) in seconds, or ConfigurationError."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(
+            f"{what} is a timedelta or a number of seconds, not {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ConfigurationError(f"{what} must be above 0 seconds, got {value!r}")
+    return seconds
+
+
+def check_match_path(path: Any, what: str) -> str | None:
+    """A match path is None or a dotted path into the event's data: ``"data.order_id"``."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.startswith("data.") or "" in path.split("."):
+        raise ConfigurationError(
+            f"{what}: match is a dotted path into the event's data such as 'data.order_id', "
+            f"not {path!r}"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Cancel a run that waits too long to start, or takes too long to finish.
+
+    ``start``: a run still queued this long after it was created is cancelled.
+    ``finish``: a run still active this long after it started is cancelled;
+    a step that is running then is not interrupted (the run stops before its
+    next step). Each is a ``timedelta`` or seconds, or None for no limit.
+    """
+
+    start: timedelta | float | None = None
+    finish: timedelta | float | None = None
+
+    def seconds(self, workflow_id: str) -> tuple[float | None, float | None]:
+        where = f"workflow {workflow_id!r}: Timeouts"
+        start = None if self.start is None else seconds_of(self.start, f"{where}(start=...)")
+        finish = None if self.finish is None else seconds_of(self.finish, f"{where}(finish=...)")
+        return start, finish
+
+
+@dataclass(frozen=True)
+class CancelOn:
+    """Cancel a run when a later event named ``event`` matches it.
+
+    ``match``: a path such as ``"data.order_id"``; the event matches when its
+    value there equals the trigger event's. ``if_(trigger, candidate)``: a
+    further test, given both events (their data as dicts). ``timeout``: only
+    events within this long after the run was created cancel it.
+    """
+
+    event: str
+    match: str | None = None
+    if_: Callable[[Any, Any], bool] | None = None
+    timeout: timedelta | float | None = None
+
+
 @dataclass
 class Workflow:
     """A registered workflow: its function and options."""
@@ -51,6 +116,11 @@ class Workflow:
     retries: int | None = None
     schema: type[BaseModel] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Durable-wait options (see Timeouts, CancelOn, on_failure).
+    timeouts: tuple[float | None, float | None] = (None, None)
+    cancel_on: list[CancelOn] = field(default_factory=list)
+    on_failure: str | None = None
+    """Id of the workflow that handles this one's failed runs."""
 
     @property
     def is_async(self) -> bool:
@@ -169,6 +239,9 @@ def workflow(
     trigger: str | TriggerEvent | list[str | TriggerEvent],
     retries: int | None = None,
     schema: type[BaseModel] | None = None,
+    timeouts: Timeouts | None = None,
+    cancel_on: CancelOn | list[CancelOn] | None = None,
+    on_failure: Callable[..., Any] | None = None,
     **options: Any,
 ) -> Callable[[F], F]: ...
 
@@ -183,6 +256,9 @@ def workflow(
     trigger: Any = None,
     retries: int | None = None,
     schema: type[BaseModel] | None = None,
+    timeouts: Timeouts | None = None,
+    cancel_on: CancelOn | list[CancelOn] | None = None,
+    on_failure: Callable[..., Any] | None = None,
     **options: Any,
 ) -> Callable[[F], F]:
     """Declare a workflow triggered by events.
@@ -192,6 +268,13 @@ def workflow(
     this workflow's steps; ``schema`` (a pydantic model) validates event data
     at :func:`stepflows.send` and is what ``ctx.event.data`` holds in the run.
     The decorated function is returned unchanged, so it stays testable.
+
+    ``timeouts=Timeouts(start=..., finish=...)`` cancels runs that wait too
+    long to start or run too long; ``cancel_on=[CancelOn(event=..., match=...)]``
+    cancels a run when a matching later event arrives; ``on_failure=handler``
+    (a workflow function, ``def handler(ctx, step)``) runs, as a run of its
+    own with id ``"<id>.on_failure"``, for each failed run (not for cancelled
+    ones), its event named ``stepflows/run.failed``.
     """
     if args:
         raise ConfigurationError(
@@ -206,12 +289,49 @@ def workflow(
     if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
         raise ConfigurationError(f"workflow {id!r}: schema must be a pydantic BaseModel class")
 
+    limits = (timeouts or Timeouts()).seconds(id)
+    if timeouts is not None and not isinstance(timeouts, Timeouts):
+        raise ConfigurationError(f"workflow {id!r}: timeouts must be a stepflows.Timeouts(...)")
+    cancels = _cancel_on(cancel_on, id)
+    if on_failure is not None and not callable(on_failure):
+        raise ConfigurationError(f"workflow {id!r}: on_failure must be a workflow function")
+
     def decorator(fn: F) -> F:
+        handler_id = None
+        if on_failure is not None:
+            handler_id = f"{id}.on_failure"
+            registry.register(Workflow(id=handler_id, fn=on_failure, triggers=[], retries=retries))
         wf = Workflow(
-            id=id, fn=fn, triggers=triggers, retries=retries, schema=schema, options=options
+            id=id,
+            fn=fn,
+            triggers=triggers,
+            retries=retries,
+            schema=schema,
+            options=options,
+            timeouts=limits,
+            cancel_on=cancels,
+            on_failure=handler_id,
         )
         registry.register(wf)
         fn.stepflows_workflow = wf  # type: ignore[attr-defined]
         return fn
 
     return decorator
+
+
+def _cancel_on(value: Any, workflow_id: str) -> list[CancelOn]:
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for i, item in enumerate(items):
+        where = f"workflow {workflow_id!r}: cancel_on[{i}]"
+        if not isinstance(item, CancelOn):
+            raise ConfigurationError(f"{where} must be a stepflows.CancelOn(...), not {item!r}")
+        if not isinstance(item.event, str) or not item.event:
+            raise ConfigurationError(f"{where}: event is an event name")
+        check_match_path(item.match, where)
+        if item.if_ is not None and not callable(item.if_):
+            raise ConfigurationError(f"{where}: if_ must be a function (trigger, candidate)")
+        if item.timeout is not None:
+            seconds_of(item.timeout, f"{where}: timeout")
+    return items

@@ -7,9 +7,11 @@ engine sends events without importing :mod:`stepflows.api`.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import reprlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,9 +24,13 @@ from .events import NAME_PATTERN, Event
 from .exceptions import EventValidationError, InvalidEventError, OutputSerializationError
 from .registry import Workflow, registry
 from .serialization import to_json
+from .store import runs as run_store
+from .store import waits
 from .store.events import store_events
 
 EventLike = Event | dict[str, Any]
+
+logger = logging.getLogger("stepflows.sending")
 
 # The width of the Event.id column.
 MAX_EVENT_ID_LENGTH = 255
@@ -187,7 +193,68 @@ def send_events(events: list[Event], source_run_id: Any = None) -> list[str]:
     none of them. ``source_run_id`` is the run sending them, if any.
     """
     prepared = [prepare(e, i) for i, e in enumerate(events)]
-    return store_events(prepared, source_run_id)
+    return store_events(prepared, source_run_id, on_stored=wake_waiters)
+
+
+def _as_json(e: Prepared) -> tuple[dict[str, Any], int]:
+    out = {"id": e.id, "name": e.name, "data": e.data, "ts": e.ts.isoformat()}
+    return out, len(json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def wake_waiters(fresh: Sequence[Prepared]) -> None:
+    """End the waits (and cancel the runs) that these new events match.
+
+    One indexed query finds every waiter for these events' names and match
+    keys. A wait without ``if_`` is ended here with the first matching event;
+    a wait with ``if_`` only wakes its run, whose code calls the predicate; a
+    ``cancel_on`` match cancels the run (after its own ``if_``, if any).
+    """
+    keyed = [(e, waits.event_keys(e.data)) for e in fresh]
+    all_keys: set[str] = set().union(*(keys for _, keys in keyed))
+    hits = waits.matching_waiters(sorted({e.name for e in fresh}), all_keys)
+    now = timezone.now()
+    for waiter in hits:
+        if waiter.expires_at is not None and waiter.expires_at < now:
+            continue
+        for event, keys in keyed:
+            if event.name != waiter.event_name or waiter.match_key not in keys:
+                continue
+            if waiter.kind == waiter.CANCEL:
+                _cancel_on(waiter, event)
+            elif waiter.has_filter:
+                waits.poke(waiter.run_id)
+            else:
+                output, size = _as_json(event)
+                waits.end_wait(waiter.run_id, waiter.step_id, output=output, output_bytes=size)
+            break  # one event per waiter; a later one finds it gone (or poked already)
+
+
+def _cancel_on(waiter: Any, event: Prepared) -> None:
+    from .models import Run
+
+    run = Run.objects.select_related("event").filter(id=waiter.run_id).first()
+    if run is None or run.is_finished:
+        waits.drop_waiter(waiter.id)
+        return
+    try:
+        spec = registry.get(run.workflow_id).cancel_on[waiter.cancel_index]
+        if spec.if_ is not None:
+            trigger = Event(
+                name=run.event.name, data=run.event.data, id=run.event.id, ts=run.event.ts
+            )
+            candidate = Event(name=event.name, data=event.data, id=event.id, ts=event.ts)
+            if not spec.if_(trigger, candidate):
+                return
+    except Exception:
+        logger.exception(
+            "workflow %r, run %s: its cancel_on[%s] filter failed for event %s; not cancelled",
+            run.workflow_id,
+            run.id,
+            waiter.cancel_index,
+            event.id,
+        )
+        return
+    run_store.cancel_run(run.id, reason=f"cancelled by event {event.name} ({event.id})")
 
 
 def derived_event_id(run_id: Any, step_id: str, index: int) -> str:

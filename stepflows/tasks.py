@@ -78,7 +78,12 @@ def run_step(
 
 @shared_task(name="stepflows.recover", ignore_result=True)
 def recover() -> dict[str, int]:
-    """Find stuck runs and resume them (run it periodically, e.g. with celery beat)."""
-    from .engine.recovery import recover_stuck_runs
+    """Wake runs whose wait is due, then find stuck runs and resume them.
 
-    return recover_stuck_runs().counts()
+    Run it periodically, e.g. with celery beat (``stepflows.celery_config.beat_schedule``).
+    """
+    from .engine.recovery import recover_stuck_runs
+    from .engine.waits import wake_due_runs
+
+    woken = wake_due_runs()
+    return {**woken, **recover_stuck_runs().counts()}

@@ -353,7 +353,7 @@ class InProcess:
 
     # -- driving -----------------------------------------------------------------------
 
-    def run_until_idle(self, max_messages: int = 10_000) -> int:
+    def run_until_idle(self, max_messages: int = 10_000, *, wake_waits: bool = False) -> int:
         """Execute queued messages until none is left; returns how many ran.
 
         Messages run in the order they are due; a step task whose attempt
@@ -362,18 +362,48 @@ class InProcess:
         which is how runs started inside a test transaction get going. Raises
         :class:`InProcessError` when more than ``max_messages`` would run (a
         workflow that never ends, such as one that keeps triggering itself).
-        """
-        return self._drive(max_messages, lambda message: True)
 
-    def run_until_finished(self, run: Run | Any, max_messages: int = 10_000) -> Run:
+        A run that sleeps or waits for an event is left waiting, unless
+        ``wake_waits``: then the clock jumps to each next due time (a sleep's
+        end, a wait's timeout) and the sweep wakes the run, as celery beat would.
+        """
+        return self._drive(max_messages, lambda message: True, wake_waits)
+
+    def advance(self, seconds: float) -> int:
+        """Move the clock on by ``seconds``, wake the runs whose wait is then due, and run
+        the queued messages; returns how many ran."""
+        from .engine.waits import wake_due_runs
+
+        clock.advance(seconds)
+        wake_due_runs()
+        return self.run_until_idle()
+
+    def run_until_finished(
+        self, run: Run | Any, max_messages: int = 10_000, *, wake_waits: bool = True
+    ) -> Run:
         """Execute only the messages of one run until none is left; return the run, refreshed.
 
         Messages of other runs (another workflow the same event triggered, the
         runs a ``step.send_event`` started) stay queued for :meth:`run_until_idle`.
-        Raises :class:`InProcessError` when the run is still unfinished then.
+        The clock jumps over its sleeps and wait timeouts (``wake_waits``; a
+        run it invoked is driven too). Raises :class:`InProcessError` when the
+        run is still unfinished then.
         """
         run_id = str(run.pk if isinstance(run, Run) else run)
-        self._drive(max_messages, lambda message: str(message.args[0]) == run_id)
+        family = {run_id}
+
+        def wanted(message: Message) -> bool:
+            target = str(message.args[0])
+            if (
+                target not in family
+                and Run.objects.filter(pk=target, parent_id__in=list(family))
+                .exclude(caller_step="")
+                .exists()
+            ):
+                family.add(target)  # a run it invoked: it waits for it
+            return target in family
+
+        self._drive(max_messages, wanted, wake_waits)
         row = Run.objects.get(pk=run_id)
         if not row.is_finished:
             raise InProcessError(
@@ -382,7 +412,9 @@ class InProcess:
             )
         return row
 
-    def _drive(self, max_messages: int, wanted: Callable[[Message], bool]) -> int:
+    def _drive(
+        self, max_messages: int, wanted: Callable[[Message], bool], wake_waits: bool = False
+    ) -> int:
         if self._exit is None:
             raise InProcessError("drive runs inside `with InProcess() as driver:` only")
         executed = 0
@@ -390,6 +422,8 @@ class InProcess:
             run_on_commit_callbacks()
             entry = self._take(wanted, allowed=executed < max_messages)
             if entry is None:
+                if wake_waits and executed < max_messages and self._wake_next_wait(wanted):
+                    continue
                 return executed
             executed += 1
             self._execute(entry.message)
@@ -408,6 +442,20 @@ class InProcess:
             if wait > 0:
                 clock.advance(wait)
         return entry
+
+    def _wake_next_wait(self, wanted: Callable[[Message], bool]) -> bool:
+        """Nothing is queued: move the clock to the next due wait (a sleep, a timeout) and
+        run the sweep, as celery beat would. False when no wanted run waits for a time."""
+        from .engine.waits import wake_due_runs
+
+        due = Run.objects.filter(status="waiting", wait_until__isnull=False).order_by("wait_until")
+        for run_id, wait_until in due.values_list("id", "wait_until")[:1000]:
+            if wanted(dispatch.execute_run(run_id)):
+                wait = (wait_until - clock.now()).total_seconds()
+                if wait > 0:
+                    clock.advance(wait)
+                return wake_due_runs()["woken"] > 0
+        return False
 
     @staticmethod
     def _limit_message(queued: list[_Queued]) -> str:

@@ -28,14 +28,20 @@ class Suspend(BaseException):
 
     ``countdown``: re-invoke the run after that many seconds (a step retry).
     ``planned``: dispatch these parallel steps as a chord, then re-invoke.
+    ``written``: the run is already released (a durable wait stored it).
     """
 
     def __init__(
-        self, *, countdown: float | None = None, planned: list[PlannedStep] | None = None
+        self,
+        *,
+        countdown: float | None = None,
+        planned: list[PlannedStep] | None = None,
+        written: bool = False,
     ) -> None:
         super().__init__("run suspended")
         self.countdown = countdown
         self.planned = planned or []
+        self.written = written
 
 
 class Cancelled(BaseException):

@@ -17,6 +17,10 @@ from .memo import Memo
 
 class Host(Protocol):
     SIGNALS: tuple[type[BaseException], ...]
+    run: Any
+    run_id: str
+    token: str
+    workflow: Any
     ctx: Context
     ids: StepIds
     memo: Memo

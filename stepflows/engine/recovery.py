@@ -128,8 +128,9 @@ def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[S
         if _idle(r.last, stall, r.recoveries, now)
     ]
 
+    # A durable wait (sleep, event, invoke) is woken by the sweep, an event or its child run.
     waiting = (
-        Run.objects.filter(status=RunStatus.WAITING)
+        Run.objects.filter(status=RunStatus.WAITING, waiting_for="")
         .lease_free(now)
         .annotate(last=Coalesce("progress_at", "created_at"))
         .filter(last__lt=now - timedelta(seconds=min(stall, join)))
@@ -191,13 +192,15 @@ def resume_stuck_run(stuck: StuckRun) -> str:
         "stopping it (a step that kills its worker? messages lost?): check the worker logs, "
         "fix the cause, then retry the run."
     )
+    error = error_dict(exc) | {"traceback": "", "reason": stuck.reason}
     outcome, count = run_store.recover_run(
         stuck.run_id,
         status=stuck.status,
         wake=stuck.wake,
         recoveries=stuck.recoveries,
         limit=limit,
-        error=error_dict(exc) | {"traceback": "", "reason": stuck.reason},
+        error=error,
+        handler=_failure_handler(stuck, error) if stuck.recoveries + 1 >= limit else None,
     )
     if outcome == "failed":
         logger.error("%s", exc)
@@ -209,6 +212,28 @@ def resume_stuck_run(stuck: StuckRun) -> str:
             limit,
         )
     return outcome
+
+
+def _failure_handler(stuck: StuckRun, error: dict[str, Any]) -> run_store.Handler | None:
+    """The on_failure handler to start if this recovery fails the run."""
+    from ..exceptions import WorkflowNotFoundError
+    from ..registry import registry
+
+    try:
+        handler_id = registry.get(stuck.workflow_id).on_failure
+    except WorkflowNotFoundError:
+        return None
+    run = Run.objects.select_related("event").filter(id=stuck.run_id).first()
+    if handler_id is None or run is None:
+        return None
+    event = run.event
+    data = {
+        "run_id": stuck.run_id,
+        "workflow_id": stuck.workflow_id,
+        "error": error,
+        "event": {"id": event.id, "name": event.name, "data": event.data},
+    }
+    return handler_id, data, run.resumes
 
 
 def recover_stuck_runs(

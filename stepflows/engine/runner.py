@@ -24,6 +24,7 @@ from ..store import runs as run_store
 from ..store import steps as step_store
 from ..store.fence import LeaseLost, new_token
 from ..store.records import StepRecord
+from . import waits
 from .attempts import TRANSIENT_DB_ERRORS, error_dict, record_failure
 from .calls import StepCall
 from .control import StepOutcome, Suspend, TargetReached
@@ -86,7 +87,8 @@ def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) 
         workflow = registry.get(run.workflow_id)
         event = _event_for(run, workflow)
     except StepflowsError as exc:
-        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
+        caller = (run.parent_id, run.caller_step) if run.caller_step else None
+        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc), caller=caller)
         return
     with heartbeat.holding(run.id, token) as lease:
         inv = Invocation(
@@ -97,11 +99,34 @@ def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) 
             token=token,
             lease=lease,
         )
+        if workflow.cancel_on and not run.listening:
+            try:
+                if not waits.listen(inv):
+                    return  # an event received before its first invocation cancelled it
+            except LeaseLost as lost:
+                _stopped(inv.where(), lost)
+                return
         _invoke(inv)
 
 
+def _end(inv: Invocation, status: str, **fields: Any) -> None:
+    """Finish the run; an invoked run ends its caller's step, a failed one starts its handler."""
+    run = inv.run
+    caller = (run.parent_id, run.caller_step) if run.caller_step else None
+    handler = None
+    if status == RunStatus.FAILED and inv.workflow.on_failure:
+        event = run.event
+        data = {
+            "run_id": str(run.id),
+            "workflow_id": run.workflow_id,
+            "error": fields.get("error"),
+            "event": {"id": event.id, "name": event.name, "data": event.data},
+        }
+        handler = (inv.workflow.on_failure, data, run.resumes)
+    run_store.finish_run(run.id, inv.token, status, caller=caller, handler=handler, **fields)
+
+
 def _invoke(inv: Invocation) -> None:
-    run, token = inv.run, inv.token
     try:
         value = inv.call_workflow(_tools(inv))
     except Suspend as signal:
@@ -112,9 +137,7 @@ def _invoke(inv: Invocation) -> None:
         return
     except StepError as exc:
         tb = exc.traceback or error_dict(exc)["traceback"]
-        run_store.finish_run(
-            run.id, token, RunStatus.FAILED, error=exc.as_dict() | {"traceback": tb}
-        )
+        _end(inv, RunStatus.FAILED, error=exc.as_dict() | {"traceback": tb})
         return
     except TRANSIENT_DB_ERRORS:
         # The database went away (a restart, a failover): not the workflow's
@@ -131,12 +154,11 @@ def _invoke(inv: Invocation) -> None:
 
 
 def _finish(inv: Invocation, value: Any) -> None:
-    run, token = inv.run, inv.token
     where = inv.where()
     try:
         output, size = to_json(value, where=f"{where}: the workflow")
     except OutputSerializationError as exc:
-        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc))
+        _end(inv, RunStatus.FAILED, error=error_dict(exc))
         return
     if size > inv.max_state:
         too_big = LimitExceededError(
@@ -144,12 +166,14 @@ def _finish(inv: Invocation, value: Any) -> None:
             f"STEPFLOWS['MAX_STATE_BYTES'] = {inv.max_state}. Store large data elsewhere and "
             "return a reference to it."
         )
-        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(too_big))
+        _end(inv, RunStatus.FAILED, error=error_dict(too_big))
         return
-    run_store.finish_run(run.id, token, RunStatus.COMPLETED, output=output)
+    _end(inv, RunStatus.COMPLETED, output=output, output_bytes=size)
 
 
 def _suspend(inv: Invocation, signal: Suspend) -> None:
+    if signal.written:
+        return  # a durable wait released the run itself
     held = run_store.suspend_run(
         inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown
     )
@@ -166,9 +190,7 @@ def _retry_or_fail(inv: Invocation, exc: BaseException) -> None:
     attempts = inv.run.attempts
     decision = decide(exc, attempts, inv.retries)
     if not decision.retry:
-        run_store.finish_run(
-            inv.run.id, inv.token, RunStatus.FAILED, error=error_dict(decision.error)
-        )
+        _end(inv, RunStatus.FAILED, error=error_dict(decision.error))
         return
     logger.warning(
         "%s: workflow code raised %s (attempt %d of %d); retrying in %.1f s",

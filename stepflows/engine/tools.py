@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
+from asgiref.sync import sync_to_async
+
 from ..events import Event
+from . import waits
 from .calls import current_step
 from .invocation import Invocation
 
@@ -85,6 +89,83 @@ class StepSync:
         """
         return self.run(step_id, _sender(self._inv, events))
 
+    def sleep(self, step_id: str, duration: timedelta | float) -> None:
+        """Pause the run for ``duration`` (a ``timedelta`` or seconds) as step ``step_id``.
+
+        The run holds no worker while it sleeps. The wake-up time is computed
+        once, when the step is first reached, and stored; a replay never
+        recomputes it. A sleep of 60 s or less wakes about on time; a longer
+        one within the sweep's interval (``stepflows.recover``, 10 s) of it.
+        """
+        waits.sleep(self._inv, step_id, duration=duration)
+
+    def sleep_until(self, step_id: str, when: datetime) -> None:
+        """Pause the run until ``when`` (an aware ``datetime``); see :meth:`sleep`."""
+        waits.sleep(self._inv, step_id, until=when)
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        match: str | None = None,
+        if_: Callable[[Event, Event], bool] | None = None,
+        timeout: timedelta | float | None = None,
+        lookback: timedelta | float = 0,
+    ) -> Event | None:
+        """Pause the run until an event named ``event`` arrives; return it, or None at ``timeout``.
+
+        ``match="data.order_id"``: only an event whose value there equals the
+        trigger event's counts. ``if_(trigger, candidate)``: a further test.
+        Events received since the start of the invocation that reached this
+        wait count, and earlier ones within ``lookback``. The run holds no
+        worker while it waits; each event resumes a waiting run at most once.
+        """
+        return waits.wait_for_event(
+            self._inv,
+            step_id,
+            event=event,
+            match=match,
+            if_=if_,
+            timeout=timeout,
+            lookback=lookback,
+        )
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        workflow: Callable[..., Any] | str,
+        data: Any = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any:
+        """Start a run of another workflow with ``data``, wait for it, return its output.
+
+        The child run is started once (a replay finds it), is linked to this
+        run as its parent, and its output comes back typed by its return
+        annotation. Raises :class:`StepError` when the child fails, is
+        cancelled, or does not finish within ``timeout`` (it then goes on).
+        """
+        return waits.invoke(self._inv, step_id, workflow=workflow, data=data, timeout=timeout)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a waits function from an async workflow, on the invocation's thread.
+
+    The signals it raises (the run suspends) cross back as values, then are raised here.
+    """
+
+    def call() -> tuple[Any, BaseException | None]:
+        try:
+            return fn(*args, **kwargs), None
+        except BaseException as exc:  # re-raised below, in the workflow's task
+            return None, exc
+
+    value, exc = await sync_to_async(call)()
+    if exc is not None:
+        raise exc
+    return value
+
 
 class Step:
     """Step tools for an ``async def`` workflow: the same methods, awaitable."""
@@ -130,3 +211,47 @@ class Step:
     async def send_event(self, step_id: str, events: EventsArg) -> list[str]:
         """Send one or many events as a memoized step; see :meth:`StepSync.send_event`."""
         return await self.run(step_id, _sender(self._inv, events))
+
+    async def sleep(self, step_id: str, duration: timedelta | float) -> None:
+        """Pause the run durably; see :meth:`StepSync.sleep`."""
+        await _in_thread(waits.sleep, self._inv, step_id, duration=duration)
+
+    async def sleep_until(self, step_id: str, when: datetime) -> None:
+        """Pause the run until ``when``; see :meth:`StepSync.sleep_until`."""
+        await _in_thread(waits.sleep, self._inv, step_id, until=when)
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        match: str | None = None,
+        if_: Callable[[Event, Event], bool] | None = None,
+        timeout: timedelta | float | None = None,
+        lookback: timedelta | float = 0,
+    ) -> Event | None:
+        """Wait durably for an event; see :meth:`StepSync.wait_for_event`."""
+        result: Event | None = await _in_thread(
+            waits.wait_for_event,
+            self._inv,
+            step_id,
+            event=event,
+            match=match,
+            if_=if_,
+            timeout=timeout,
+            lookback=lookback,
+        )
+        return result
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        workflow: Callable[..., Any] | str,
+        data: Any = None,
+        timeout: timedelta | float | None = None,
+    ) -> Any:
+        """Run another workflow and wait for its output; see :meth:`StepSync.invoke`."""
+        return await _in_thread(
+            waits.invoke, self._inv, step_id, workflow=workflow, data=data, timeout=timeout
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -10,6 +10,10 @@ from django.db import IntegrityError, transaction
 
 from .. import dispatch
 from ..models import Event, Run
+from .waits import share_event_names
+
+# The event an on_failure handler run is started with.
+FAILED_EVENT = "stepflows/run.failed"
 
 
 class NewEvent(Protocol):
@@ -27,19 +31,25 @@ class NewEvent(Protocol):
     def workflow_ids(self) -> list[str]: ...
 
 
-def store_events(events: Sequence[NewEvent], source_run_id: Any = None) -> list[str]:
+Stored = Callable[[Sequence[Any]], None]
+
+
+def store_events(
+    events: Sequence[NewEvent], source_run_id: Any = None, on_stored: Stored | None = None
+) -> list[str]:
     """Insert the events and one queued run per workflow each starts; returns the event ids.
 
     An event whose id is already stored (or repeated in ``events``) starts
     nothing new. ``source_run_id`` is the run that sent them: the events'
     ``source_run`` and the runs' ``parent``. The runs are published when the
     current transaction commits, so events sent in a transaction that rolls
-    back start nothing.
+    back start nothing. ``on_stored(fresh)`` runs in the same transaction
+    with the events that were new (it wakes the runs waiting for them).
     """
     for attempt in range(2):
         try:
             with transaction.atomic():
-                return _insert(events, source_run_id)
+                return _insert(events, source_run_id, on_stored)
         except IntegrityError:
             # A concurrent sender stored the same event id first; the second
             # pass finds it and starts nothing new.
@@ -48,7 +58,9 @@ def store_events(events: Sequence[NewEvent], source_run_id: Any = None) -> list[
     raise AssertionError("unreachable")
 
 
-def _insert(events: Sequence[NewEvent], source_run_id: Any) -> list[str]:
+def _insert(events: Sequence[NewEvent], source_run_id: Any, on_stored: Stored | None) -> list[str]:
+    # Before anything is read: serialize with waits being registered for these names.
+    share_event_names(e.name for e in events)
     existing = set(Event.objects.filter(id__in=[e.id for e in events]).values_list("id", flat=True))
     fresh: list[NewEvent] = []
     for e in events:
@@ -68,6 +80,8 @@ def _insert(events: Sequence[NewEvent], source_run_id: Any) -> list[str]:
             for workflow_id in e.workflow_ids
         ]
     )
+    if on_stored is not None and fresh:
+        on_stored(fresh)
     return [e.id for e in events]
 
 
@@ -84,3 +98,19 @@ def create_runs(runs: Sequence[Run]) -> None:
             lambda: dispatch.publish([dispatch.execute_run(rid) for rid in run_ids]),
             robust=True,
         )
+
+
+def start_failure_handler(
+    failed_run_id: Any, handler_id: str, data: dict[str, Any], *, attempt: int
+) -> None:
+    """Start the ``on_failure`` handler run of a failed run, in the caller's transaction.
+
+    Its event, ``stepflows/run.failed``, has an id derived from the run and
+    how many times staff resumed it, so each failure starts one handler run.
+    """
+    event_id = f"{failed_run_id}:failed:{attempt}"
+    with transaction.atomic(savepoint=False):
+        if Event.objects.filter(id=event_id).exists():
+            return
+        Event.objects.create(id=event_id, name=FAILED_EVENT, data=data, source_run_id=failed_run_id)
+        create_runs([Run(workflow_id=handler_id, event_id=event_id, parent_id=failed_run_id)])

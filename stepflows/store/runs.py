@@ -23,7 +23,9 @@ from django.db.models.functions import Coalesce
 
 from .. import clock, dispatch
 from ..conf import get_settings
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus, Waiter
+from . import waits
+from .events import start_failure_handler
 from .fence import after_commit
 from .records import FINISHED, PlannedStep
 
@@ -62,6 +64,8 @@ def claim_run(run_id: Any, token: str, wake: int | None = None) -> Run | None:
         runs = runs.filter(wake=wake)
     claimed = runs.update(
         status=RunStatus.RUNNING,
+        waiting_for="",
+        wait_until=None,
         lease_owner=token,
         lease_expires_at=now + lease_delta(),
         started_at=Coalesce("started_at", Value(now)),
@@ -86,6 +90,40 @@ def run_status(run_id: Any) -> str | None:
     return Run.objects.filter(id=run_id).values_list("status", flat=True).first()
 
 
+Handler = tuple[str, dict[str, Any], int]
+"""An on_failure handler to start: its workflow id, its event's data, the failure's number."""
+
+
+def _after_end(
+    run_id: Any,
+    status: str,
+    *,
+    output: Any = None,
+    output_bytes: int = 0,
+    error: dict[str, Any] | None = None,
+    caller: tuple[Any, str] | None = None,
+    handler: Handler | None = None,
+) -> None:
+    """What a run's end sets off, in the transaction that ended it.
+
+    A run started by ``step.invoke`` ends its caller's step (and wakes it);
+    a failed run with an ``on_failure`` handler starts the handler's run.
+    """
+    if caller is not None:
+        waits.end_invoke(
+            caller[0],
+            caller[1],
+            status,
+            output=output,
+            output_bytes=output_bytes,
+            error=error,
+            child_id=run_id,
+        )
+    if handler is not None and status == RunStatus.FAILED:
+        workflow_id, data, attempt = handler
+        start_failure_handler(run_id, workflow_id, data, attempt=attempt)
+
+
 def finish_run(
     run_id: Any,
     token: str,
@@ -93,11 +131,32 @@ def finish_run(
     *,
     output: Any = None,
     error: dict[str, Any] | None = None,
+    output_bytes: int = 0,
+    caller: tuple[Any, str] | None = None,
+    handler: Handler | None = None,
 ) -> bool:
-    """Complete or fail the run this worker holds. False when it lost the lease."""
-    done = _held(run_id, token).update(
-        status=status, output=output, error=error, ended_at=clock.now(), **RELEASED
-    )
+    """Complete or fail the run this worker holds. False when it lost the lease.
+
+    ``caller``: (parent run, step) when the run was started by ``step.invoke``;
+    ``handler``: the on_failure run to start if it failed. Both happen in the
+    same transaction as the end.
+    """
+    fields = {"status": status, "output": output, "error": error, "ended_at": clock.now()}
+    if caller is None and (handler is None or status != RunStatus.FAILED):
+        done = _held(run_id, token).update(**fields, **RELEASED)
+    else:
+        with transaction.atomic():
+            done = _held(run_id, token).update(**fields, **RELEASED)
+            if done:
+                _after_end(
+                    run_id,
+                    status,
+                    output=output,
+                    output_bytes=output_bytes,
+                    error=error,
+                    caller=caller,
+                    handler=handler,
+                )
     if not done:
         logger.warning("run %s: lost its lease before it could be marked %s", run_id, status)
     return bool(done)
@@ -105,9 +164,12 @@ def finish_run(
 
 def fail_unclaimed_run(run_id: Any, error: dict[str, Any]) -> None:
     """Fail a run that could not even be started (its workflow is gone, say)."""
-    Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES).update(
-        status=RunStatus.FAILED, error=error, ended_at=clock.now(), **RELEASED
-    )
+    with transaction.atomic():
+        done = Run.objects.filter(id=run_id, status__in=ACTIVE_RUN_STATUSES).update(
+            status=RunStatus.FAILED, error=error, ended_at=clock.now(), **RELEASED
+        )
+        if done:
+            _after_end(run_id, RunStatus.FAILED, error=error, caller=waits.caller_of(run_id))
 
 
 def suspend_run(
@@ -225,20 +287,32 @@ def count_down_join(run_id: Any, group: int, size: int, max_state: int) -> bool 
 # -- verbs of staff and code (stepflows.api) ------------------------------------------
 
 
-def cancel_run(run_id: Any, *, reason: str) -> bool:
+def cancel_run(run_id: Any, *, reason: str, children: bool = True) -> bool:
     """Cancel an active run; False when it had already finished.
 
     Clearing the lease is what stops a worker executing it: its next write
-    (or heartbeat) finds the lease gone.
+    (or heartbeat) finds the lease gone. Its pending waits go with it; a run
+    it invoked is cancelled too unless ``children`` is False; a run that was
+    itself invoked fails its caller's step.
     """
-    return bool(
-        Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
+    error = {"type": "Cancelled", "message": reason, "traceback": ""}
+    with transaction.atomic():
+        done = Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
             status=RunStatus.CANCELLED,
             ended_at=clock.now(),
-            error={"type": "Cancelled", "message": reason, "traceback": ""},
+            error=error,
+            waiting_for="",
+            wait_until=None,
             **RELEASED,
         )
-    )
+        if not done:
+            return False
+        Waiter.objects.filter(run_id=run_id).delete()
+        _after_end(run_id, RunStatus.CANCELLED, error=error, caller=waits.caller_of(run_id))
+        if children:
+            for child in waits.invoked_children(run_id):
+                cancel_run(child, reason=f"its parent run {run_id} was cancelled: {reason}")
+    return True
 
 
 def retry_failed_run(run_id: Any) -> Run | None:
@@ -280,7 +354,14 @@ def retry_failed_run(run_id: Any) -> Run | None:
 
 
 def recover_run(
-    run_id: Any, *, status: str, wake: int, recoveries: int, limit: int, error: dict[str, Any]
+    run_id: Any,
+    *,
+    status: str,
+    wake: int,
+    recoveries: int,
+    limit: int,
+    error: dict[str, Any],
+    handler: Handler | None = None,
 ) -> tuple[str, int]:
     """Resume a stuck run (or fail it past ``limit`` recoveries), if it has not moved.
 
@@ -309,6 +390,9 @@ def recover_run(
                 wake=F("wake") + 1,
                 **RELEASED,
             )
+            if done:
+                caller = waits.caller_of(run_id)
+                _after_end(run_id, RunStatus.FAILED, error=error, caller=caller, handler=handler)
             return ("failed" if done else "skipped"), count
         # The wake-up number stays: a message merely delayed (not lost) stays valid,
         # and whichever of it and ours comes first resumes the run; the other finds

@@ -10,6 +10,7 @@ from .flows import (
     faults,
     in_process,
     leases,
+    waits_in_process,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "faults",
     "in_process",
     "leases",
+    "waits_in_process",
 ]

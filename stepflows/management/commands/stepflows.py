@@ -16,8 +16,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import api
 from ...exceptions import StepflowsError
-from ...models import Event, Run, RunStatus, Step, StepStatus
+from ...models import Event, Run, RunStatus, Step, StepStatus, WaitKind
 from ...store.fence import worker_of
+from ...timeline import local_time
 
 
 class Command(BaseCommand):
@@ -76,6 +77,9 @@ class Command(BaseCommand):
             qs = qs.filter(workflow_id=workflow)
         rows = list(qs[:limit])
         running = _running_steps([r.id for r in rows if r.status == RunStatus.WAITING])
+        waits = _wait_details(
+            [r.id for r in rows if r.status == RunStatus.WAITING and r.waiting_for]
+        )
         self.stdout.write(
             f"{'run':36}  {'workflow':24} {'status':10} {'event':28} {'created':19}  now"
         )
@@ -83,7 +87,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{run.id!s:36}  {run.workflow_id[:24]:24} {run.status:10} "
                 f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}  "
-                f"{_now_text(run, running.get(run.id, []))}"
+                f"{_now_text(run, running.get(run.id, []), waits.get(run.id))}"
             )
 
     # -- managing runs: the same verbs as the admin actions (stepflows.api) ------------
@@ -157,7 +161,13 @@ class Command(BaseCommand):
 
     def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
         from ...engine.recovery import recover_stuck_runs
+        from ...engine.waits import wake_due_runs
 
+        if not dry_run:
+            woken = wake_due_runs(limit=limit)
+            self.stdout.write(
+                f"waits due: {woken['woken']} woken, {woken['timed_out']} runs timed out"
+            )
         report = recover_stuck_runs(limit=limit, dry_run=dry_run)
         done = {rid: "resumed" for rid in report.resumed}
         done |= {rid: "FAILED" for rid in report.failed}
@@ -219,7 +229,39 @@ def _running_steps(run_ids: list[Any]) -> dict[Any, list[tuple[str, str]]]:
     return found
 
 
-def _now_text(run: Run, running: list[tuple[str, str]]) -> str:
+def _wait_details(run_ids: list[Any]) -> dict[Any, dict[str, Any]]:
+    """For runs in a durable wait: the details of the step each waits in (``Step.wait``)."""
+    found: dict[Any, dict[str, Any]] = {}
+    rows = Step.objects.filter(
+        run_id__in=run_ids, status=StepStatus.SCHEDULED, kind__in=[WaitKind.EVENT, WaitKind.INVOKE]
+    ).order_by("position")
+    for run_id, wait in rows.values_list("run_id", "wait"):
+        if isinstance(wait, dict):
+            found[run_id] = wait
+    return found
+
+
+def _wait_text(run: Run, wait: dict[str, Any] | None) -> str:
+    """A durable wait in a few words: sleep until 12:00:03, event shop/paid, run 1a2b3c4d."""
+    wait = wait or {}
+    until = local_time(run.wait_until)
+    if run.waiting_for == WaitKind.SLEEP:
+        return f"waiting: sleep until {until or '?'}"
+    if run.waiting_for == WaitKind.EVENT:
+        text = f"waiting: event {wait.get('event') or '?'}"
+        if wait.get("match"):
+            text += f" with {wait['match']} = {json.dumps(wait.get('value'), default=str)}"
+        return text + (f", times out at {until}" if until else "")
+    if run.waiting_for == WaitKind.INVOKE:
+        child = str(wait.get("child") or "?")
+        text = f"waiting: run {child}"
+        if wait.get("workflow"):
+            text += f" ({wait['workflow']})"
+        return text + (f", times out at {until}" if until else "")
+    return f"waiting: {run.waiting_for}"
+
+
+def _now_text(run: Run, running: list[tuple[str, str]], wait: dict[str, Any] | None = None) -> str:
     """What is happening to an active run right now, in a few words."""
     if run.status == RunStatus.RUNNING and run.lease_owner:
         return f"executing on {worker_of(run.lease_owner)}"
@@ -227,6 +269,8 @@ def _now_text(run: Run, running: list[tuple[str, str]]) -> str:
         steps = ", ".join(f"{step} on {worker}" for step, worker in running[:3])
         more = f" and {len(running) - 3} more" if len(running) > 3 else ""
         return f"running {steps}{more}"
+    if run.status == RunStatus.WAITING and run.waiting_for:
+        return _wait_text(run, wait)
     if run.status == RunStatus.WAITING and run.join_pending:
         return f"waiting for {run.join_pending} parallel step(s)"
     if run.status == RunStatus.WAITING:
