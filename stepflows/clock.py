@@ -19,6 +19,11 @@ def now() -> datetime:
     return timezone.now() + _offset
 
 
+def offset() -> timedelta:
+    """How far a test moved the clock (zero outside such a test)."""
+    return _offset
+
+
 def advance(seconds: float) -> None:
     """Move the clock forward (tests only; see :class:`stepflows.testing.InProcess`)."""
     global _offset

@@ -447,11 +447,13 @@ class InProcess:
         """Nothing is queued: move the clock to the next due wait (a sleep, a timeout) and
         run the sweep, as celery beat would. False when no wanted run waits for a time."""
         from .engine.waits import wake_due_runs
+        from .store.waits import database_now
 
         due = Run.objects.filter(status="waiting", wait_until__isnull=False).order_by("wait_until")
         for run_id, wait_until in due.values_list("id", "wait_until")[:1000]:
             if wanted(dispatch.execute_run(run_id)):
-                wait = (wait_until - clock.now()).total_seconds()
+                # Due times are on the database's clock (see store.waits.database_now).
+                wait = (wait_until - database_now()).total_seconds() + 0.001
                 if wait > 0:
                     clock.advance(wait)
                 return wake_due_runs()["woken"] > 0

@@ -123,7 +123,15 @@ def _end(inv: Invocation, status: str, **fields: Any) -> None:
             "event": {"id": event.id, "name": event.name, "data": event.data},
         }
         handler = (inv.workflow.on_failure, data, run.resumes)
-    run_store.finish_run(run.id, inv.token, status, caller=caller, handler=handler, **fields)
+    run_store.finish_run(
+        run.id,
+        inv.token,
+        status,
+        caller=caller,
+        handler=handler,
+        listening=bool(inv.workflow.cancel_on),
+        **fields,
+    )
 
 
 def _invoke(inv: Invocation) -> None:

@@ -144,7 +144,7 @@ def sleep(inv: Invocation, base_id: Any, duration: Any = None, until: Any = None
     step_id, position, record = _wait_step(inv, base_id, StepKind.SLEEP)
     if record is not None and record.is_finished:
         return None
-    now = clock.now()
+    now = store.database_now()
     if record is None:
         if until is not None:
             if not isinstance(until, datetime):
@@ -241,7 +241,7 @@ def wait_for_event(
                 f"{inv.where(step_id)}: match compares a string, number or boolean; the "
                 f"trigger event's {match!r} is {type(value).__name__}"
             )
-    now = clock.now()
+    now = store.database_now()
     exists = record is not None
     if record is None:
         started = inv.run.progress_at or now
@@ -335,7 +335,7 @@ def invoke(
         check_schemas([child_wf], raw, f"{inv.where(step_id)}: the invoke data does not match", "")
     except Exception as exc:
         raise StepUsageError(str(exc)) from None
-    now = clock.now()
+    now = store.database_now()
     event_id = derived_event_id(inv.run_id, step_id, 0)
     child = Run(
         workflow_id=child_wf.id, event_id=event_id, parent_id=inv.run_id, caller_step=step_id
@@ -417,7 +417,7 @@ def wake_due_runs(now: datetime | None = None, *, limit: int = 1000) -> dict[str
     Runs in the periodic ``stepflows.recover`` task. ``now`` moves the sweep's
     clock (a test jumping over a long sleep).
     """
-    now = now or clock.now()
+    now = now or store.database_now()
     woken = sum(store.wake_due(run_id, wake, now) for run_id, wake in store.due_runs(now, limit))
     timed_out = 0
     for wf in registry.all():

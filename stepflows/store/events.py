@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 
 from .. import dispatch
 from ..models import Event, Run
-from .waits import share_event_names
+from .waits import share_names_and_find
 
 # The event an on_failure handler run is started with.
 FAILED_EVENT = "stepflows/run.failed"
@@ -59,9 +59,9 @@ def store_events(
 
 
 def _insert(events: Sequence[NewEvent], source_run_id: Any, on_stored: Stored | None) -> list[str]:
-    # Before anything is read: serialize with waits being registered for these names.
-    share_event_names(e.name for e in events)
-    existing = set(Event.objects.filter(id__in=[e.id for e in events]).values_list("id", flat=True))
+    # Serialized with waits being registered for these names (see store.waits),
+    # before the waiters are read.
+    existing = share_names_and_find([e.name for e in events], [e.id for e in events])
     fresh: list[NewEvent] = []
     for e in events:
         if e.id not in existing:

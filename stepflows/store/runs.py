@@ -134,19 +134,23 @@ def finish_run(
     output_bytes: int = 0,
     caller: tuple[Any, str] | None = None,
     handler: Handler | None = None,
+    listening: bool = False,
 ) -> bool:
     """Complete or fail the run this worker holds. False when it lost the lease.
 
     ``caller``: (parent run, step) when the run was started by ``step.invoke``;
-    ``handler``: the on_failure run to start if it failed. Both happen in the
-    same transaction as the end.
+    ``handler``: the on_failure run to start if it failed; ``listening``: the
+    run has cancel_on waiters to drop. All happen in the same transaction as
+    the end.
     """
     fields = {"status": status, "output": output, "error": error, "ended_at": clock.now()}
-    if caller is None and (handler is None or status != RunStatus.FAILED):
+    if caller is None and not listening and (handler is None or status != RunStatus.FAILED):
         done = _held(run_id, token).update(**fields, **RELEASED)
     else:
         with transaction.atomic():
             done = _held(run_id, token).update(**fields, **RELEASED)
+            if done and listening:
+                Waiter.objects.filter(run_id=run_id).delete()
             if done:
                 _after_end(
                     run_id,

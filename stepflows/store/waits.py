@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -97,6 +97,24 @@ def event_keys(data: Any) -> set[str]:
     return keys
 
 
+def database_now() -> datetime:
+    """The database server's clock (plus a test's offset, see :mod:`stepflows.clock`).
+
+    Due times of sleeps and waits are computed and compared with it, so the
+    clocks of the workers (which may differ between machines) do not matter.
+    """
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT clock_timestamp()")
+            value = cursor.fetchone()[0]
+        elif connection.vendor == "sqlite":
+            cursor.execute("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')")
+            value = datetime.fromisoformat(cursor.fetchone()[0]).replace(tzinfo=UTC)
+        else:
+            return clock.now()
+    return value + clock.offset()
+
+
 # -- serializing registrations and sends -----------------------------------------------
 
 
@@ -107,16 +125,26 @@ def lock_event_name(name: str) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_NAMESPACE, name])
 
 
-def share_event_names(names: Iterable[str]) -> None:
-    """A send: hold each event name shared until the transaction ends (see the module doc)."""
+def share_names_and_find(names: Iterable[str], event_ids: list[str]) -> set[str]:
+    """A send: hold each event name shared until the transaction ends (see the module
+    doc), and return which of ``event_ids`` are already stored.
+
+    On PostgreSQL both are one statement. Its own snapshot predates the locks,
+    which does not matter for the ids (a concurrent insert of the same id is
+    caught by the primary key); the waiters are read by a later statement.
+    """
     if connection.vendor != "postgresql":
-        return
+        return set(Event.objects.filter(id__in=event_ids).values_list("id", flat=True))
+    table = connection.ops.quote_name(Event._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock_shared(%s, hashtext(n)) "
-            "FROM unnest(%s::text[]) AS n ORDER BY n",
-            [LOCK_NAMESPACE, sorted(set(names))],
+            "SELECT (SELECT count(*) FROM (SELECT pg_advisory_xact_lock_shared(%s, hashtext(n)) "
+            "FROM unnest(%s::text[]) AS n ORDER BY n) AS locks), "
+            f"ARRAY(SELECT id FROM {table} WHERE id = ANY(%s))",
+            [LOCK_NAMESPACE, sorted(set(names)), event_ids],
         )
+        row = cursor.fetchone()
+    return set(row[1] if row else [])
 
 
 @contextmanager

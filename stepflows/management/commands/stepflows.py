@@ -40,6 +40,11 @@ class Command(BaseCommand):
         rerun.add_argument("run_ids", nargs="+", metavar="RUN_ID")
         cancel = sub.add_parser("cancel", help="stop runs before their next step")
         cancel.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        cancel.add_argument(
+            "--keep-children",
+            action="store_true",
+            help="leave running the runs they started with step.invoke",
+        )
         replay = sub.add_parser("replay", help="start fresh runs of events")
         replay.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
         recover = sub.add_parser("recover", help="find stuck runs and resume them")
@@ -129,10 +134,10 @@ class Command(BaseCommand):
             self.stdout.write(f"rerun {run.id}  {run.workflow_id}: new run {new.id}")
         self._finish("rerun", problems, len(run_ids))
 
-    def do_cancel(self, run_ids: list[str], **_: Any) -> None:
+    def do_cancel(self, run_ids: list[str], keep_children: bool = False, **_: Any) -> None:
         problems: list[str] = []
         for run in self._runs(run_ids, problems):
-            if api.cancel_run(run):
+            if api.cancel_run(run, children=not keep_children):
                 self.stdout.write(f"cancelled {run.id}  {run.workflow_id}")
             else:
                 fresh = Run.objects.get(pk=run.pk)
