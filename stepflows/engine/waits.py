@@ -24,7 +24,6 @@ from django.db import transaction
 from django.utils import timezone
 from pydantic import BaseModel
 
-from .. import clock
 from ..events import Event
 from ..exceptions import (
     ConfigurationError,
