@@ -451,7 +451,7 @@ class InProcess:
 
         due = Run.objects.filter(status="waiting", wait_until__isnull=False).order_by("wait_until")
         for run_id, wait_until in due.values_list("id", "wait_until")[:1000]:
-            if wanted(dispatch.execute_run(run_id)):
+            if wait_until is not None and wanted(dispatch.execute_run(run_id)):
                 # Due times are on the database's clock (see store.waits.database_now).
                 wait = (wait_until - database_now()).total_seconds() + 0.001
                 if wait > 0:

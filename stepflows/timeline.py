@@ -3,9 +3,12 @@
 One lane per run (its whole span) and per step, on a shared time axis. Inside a
 step's lane, one bar per attempt: failed attempts are red and marked with a
 cross. Steps of one ``step.parallel`` call sit in consecutive lanes on a shaded
-band, so their bars visibly overlap in time. Several runs can share one axis
-(the compare page): either on the wall clock (``relative=False``) or each from
-its own start (``relative=True``).
+band, so their bars visibly overlap in time. Durable waits (``step.sleep``,
+``step.wait_for_event``, ``step.invoke``) have bars of their own colour, from
+when the wait began to when it ended; a wait still pending is drawn dashed up
+to now, with its wake-up time (a sleep's due time, a wait's timeout) marked.
+Several runs can share one axis (the compare page): either on the wall clock
+(``relative=False``) or each from its own start (``relative=True``).
 
 Every text that comes from users (step ids, error messages, workflow ids) is
 escaped; the result is a ``SafeString`` ready for a template.
@@ -13,6 +16,7 @@ escaped; the result is a ``SafeString`` ready for a template.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +55,17 @@ ATTEMPT_OK = "#2e7d3e"
 ATTEMPT_FAILED = "#c0392b"
 ATTEMPT_OPEN = "#2f6fb5"
 
+#: Step.kind of the durable waits, and how their bars look (see the legend template).
+WAIT_KINDS = ("sleep", "event", "invoke")
+WAIT_CLASS = {"sleep": "wait-sleep", "event": "wait-event", "invoke": "wait-invoke"}
+WAIT_FILL = {"sleep": "#ddd0f0", "event": "#fbe3b0", "invoke": "#c8e7e7"}
+WAIT_STROKE = {"sleep": "#7b5ea7", "event": "#b7791f", "invoke": "#2c7a7b"}
+WAIT_NAME = {"sleep": "sleep", "event": "waiting for event", "invoke": "invoked run"}
+#: A pending wait's wake-up time widens the axis only up to this many times its
+#: drawn span, so a 30-day sleep does not squash the steps before it; a later
+#: wake-up is written at the lane's right end instead.
+DUE_STRETCH = 2.0
+
 
 @dataclass
 class AttemptBar:
@@ -79,6 +94,11 @@ class Lane:
     attempts: list[AttemptBar] = field(default_factory=list)
     group: int | None = None
     title: str = ""
+    # A durable wait ("sleep", "event", "invoke"; "" for code): drawn as one bar of
+    # its own colour, dashed while pending, with its wake-up time (``due``) marked.
+    wait: str = ""
+    pending: bool = False
+    due: datetime | None = None
 
 
 @dataclass
@@ -144,30 +164,95 @@ def track_for_run(run: Any, steps: Sequence[Any], *, label: str | None = None) -
     )
     lanes = [run_lane]
     ordered = sorted(steps, key=lambda s: s.position)
+    # The latest end of the steps drawn so far: where a wait with no start of its own began.
+    latest = run_lane.start
     for step in ordered[:MAX_STEP_LANES]:
-        attempts = attempts_of(step)
-        start = step.started_at or (attempts[0].start if attempts else None)
-        end = step.ended_at
-        if end is None and step.status != "running" and attempts:
-            end = attempts[-1].end
-        lanes.append(
-            Lane(
-                label=step.step_id,
-                kind="step",
-                status=str(step.status),
-                start=start,
-                end=end,
-                attempts=attempts,
-                group=step.group,
-                title=f"step {step.step_id}: {step.status}, {len(attempts)} attempt(s)",
-            )
-        )
+        kind = str(getattr(step, "kind", "") or "run")
+        lane = wait_lane(step, kind, latest) if kind in WAIT_KINDS else _code_lane(step)
+        lanes.append(lane)
+        for t in (lane.start, lane.end):
+            if t is not None and (latest is None or t > latest):
+                latest = t
     return Track(
         run_id=str(run.pk),
         lanes=lanes,
         anchor=run_lane.start,
         hidden_steps=max(0, len(ordered) - MAX_STEP_LANES),
     )
+
+
+def _code_lane(step: Any) -> Lane:
+    attempts = attempts_of(step)
+    start = step.started_at or (attempts[0].start if attempts else None)
+    end = step.ended_at
+    if end is None and step.status != "running" and attempts:
+        end = attempts[-1].end
+    return Lane(
+        label=step.step_id,
+        kind="step",
+        status=str(step.status),
+        start=start,
+        end=end,
+        attempts=attempts,
+        group=step.group,
+        title=f"step {step.step_id}: {step.status}, {len(attempts)} attempt(s)",
+    )
+
+
+def wait_lane(step: Any, kind: str, after: datetime | None) -> Lane:
+    """A durable wait's lane: from when it began to when it ended (or now, while pending).
+
+    It began at the step's ``started_at`` if the engine recorded one, else at the
+    ``since`` of its details, else when the steps before it ended (``after``).
+    """
+    wait = step.wait if isinstance(getattr(step, "wait", None), dict) else {}
+    wake_at = getattr(step, "wake_at", None) or _parse(wait.get("until"))
+    pending = step.status not in ("completed", "failed")
+    start = step.started_at or _parse(wait.get("since")) or after
+    end = None if pending else (step.ended_at or wake_at)
+    state = "pending" if pending else str(step.status)
+    title = f"{WAIT_NAME[kind]} {step.step_id}: {describe_wait(kind, wait, wake_at)} ({state})"
+    return Lane(
+        label=step.step_id,
+        kind="step",
+        status=str(step.status),
+        start=start,
+        end=end,
+        group=step.group,
+        title=title,
+        wait=kind,
+        pending=pending,
+        due=wake_at if pending else None,
+    )
+
+
+def local_time(value: datetime | None) -> str:
+    """A wake-up time as people read it: local time, the date only when not today."""
+    if value is None:
+        return ""
+    local = timezone.localtime(value) if timezone.is_aware(value) else value
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def describe_wait(kind: str, wait: dict[str, Any] | None, wake_at: datetime | None) -> str:
+    """What a durable wait waits for, in plain words (escaped by whoever shows it)."""
+    wait = wait or {}
+    if kind == "sleep":
+        return f"until {local_time(wake_at)}" if wake_at else "sleep"
+    if kind == "event":
+        text = f"event {wait.get('event') or '?'}"
+        if wait.get("match"):
+            text += f" with {wait['match']} = {json.dumps(wait.get('value'), default=str)}"
+        if wait.get("filter"):
+            text += " (and an if_ filter)"
+        return text + (f", times out at {local_time(wake_at)}" if wake_at else ", no timeout")
+    if kind == "invoke":
+        child = str(wait.get("child") or "")
+        text = f"run {child[:8] or '?'} of {wait.get('workflow') or '?'}"
+        return text + (f", times out at {local_time(wake_at)}" if wake_at else "")
+    return kind
 
 
 def _nice_step(span: float, ticks: int = 8) -> float:
@@ -201,23 +286,41 @@ class _Canvas:
         return LABEL_WIDTH + ((t - self.origin).total_seconds() - shift) / self.span * self.plot
 
     def rect(
-        self, cls: str, x0: float, x1: float, y: float, h: float, fill: str, **data: Any
+        self,
+        cls: str,
+        x0: float,
+        x1: float,
+        y: float,
+        h: float,
+        fill: str,
+        *,
+        style: str = "",
+        **data: Any,
     ) -> None:
+        """A bar; ``style`` is extra presentation attributes (constants, never user text)."""
         width = max(x1 - x0, 2.0)
         attrs = "".join(f' data-{k.replace("_", "-")}="{escape(v)}"' for k, v in data.items())
         self.parts.append(
             f'<rect class="{cls}" x="{x0:.1f}" y="{y:.1f}" width="{width:.1f}" '
-            f'height="{h:.1f}" rx="2" fill="{fill}"{attrs}/>'
+            f'height="{h:.1f}" rx="2" fill="{fill}"{style}{attrs}/>'
         )
 
+    @property
+    def right(self) -> float:
+        return LABEL_WIDTH + self.plot
+
     def text(self, x: float, y: float, content: str, **attrs: Any) -> None:
-        extra = "".join(f' {k.replace("_", "-")}="{escape(v)}"' for k, v in attrs.items())
+        # Trailing "_" lets a caller pass a keyword such as class_.
+        extra = "".join(
+            f' {k.rstrip("_").replace("_", "-")}="{escape(v)}"' for k, v in attrs.items()
+        )
         self.parts.append(f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(content)}</text>')
 
 
 def _span(tracks: Iterable[Track], relative: bool, now: datetime) -> tuple[datetime, float]:
     starts: list[float] = []
     ends: list[float] = []
+    dues: list[float] = []
     times = [t.anchor for t in tracks if t.anchor is not None]
     if not times:
         return now, 1.0
@@ -232,8 +335,15 @@ def _span(tracks: Iterable[Track], relative: bool, now: datetime) -> tuple[datet
             ends.append((end - origin).total_seconds() - shift)
             for a in lane.attempts:
                 ends.append(((a.end or now) - origin).total_seconds() - shift)
+            if lane.due is not None:
+                dues.append((lane.due - origin).total_seconds() - shift)
     lo = min(starts, default=0.0)
     hi = max(ends, default=1.0)
+    # Pending wake-ups due soon widen the axis; far ones would squash everything else.
+    reach = hi - lo
+    for due in dues:
+        if due > hi and due - lo <= DUE_STRETCH * reach:
+            hi = due
     if lo < 0:
         # Something started before its run's anchor (a clock skew): widen to show it.
         origin = origin + timedelta(seconds=lo)
@@ -321,7 +431,8 @@ def _draw_lane(canvas: _Canvas, track: Track, lane: Lane, y: float, shift: float
     indent = 8 if lane.kind == "run" else 60 if lane.group is not None else 20
     label = lane.label if len(lane.label) <= 30 else lane.label[:29] + "\u2026"
     weight = "bold" if lane.kind == "run" else "normal"
-    canvas.parts.append(f'<g class="lane {lane.kind}"><title>{escape(lane.title)}</title>')
+    classes = f"lane {lane.kind}" + (f" {WAIT_CLASS[lane.wait]}" if lane.wait else "")
+    canvas.parts.append(f'<g class="{classes}"><title>{escape(lane.title)}</title>')
     canvas.text(indent, y + 15, label, font_weight=weight, fill="#222")
     if lane.start is None:
         canvas.text(LABEL_WIDTH + 4, y + 15, f"({lane.status}, not started)", fill="#888")
@@ -338,6 +449,8 @@ def _draw_lane(canvas: _Canvas, track: Track, lane: Lane, y: float, shift: float
     if lane.kind == "run":
         fill = RUN_FILL.get(lane.status, "#999")
         canvas.rect(f"run-bar {lane.status}", x0, x1, y + 5, ROW - 10, fill, **data)
+    elif lane.wait:
+        _draw_wait(canvas, lane, x0, x1, y, shift, data)
     else:
         fill = STEP_FILL.get(lane.status, "#eee")
         canvas.rect(
@@ -346,6 +459,63 @@ def _draw_lane(canvas: _Canvas, track: Track, lane: Lane, y: float, shift: float
         for attempt in lane.attempts:
             _draw_attempt(canvas, track, lane, attempt, y, shift)
     canvas.parts.append("</g>")
+
+
+def _draw_wait(
+    canvas: _Canvas,
+    lane: Lane,
+    x0: float,
+    x1: float,
+    y: float,
+    shift: float,
+    data: dict[str, str],
+) -> None:
+    """A durable wait: one bar of its kind's colour; dashed while pending, then its wake-up."""
+    stroke = WAIT_STROKE[lane.wait]
+    state = "pending" if lane.pending else lane.status
+    style = f' stroke="{stroke}"'
+    if lane.pending:
+        style += ' stroke-dasharray="4 2" fill-opacity="0.6"'
+    elif lane.status == "failed":
+        style = f' stroke="{ATTEMPT_FAILED}" stroke-width="1.5"'
+    extra = {"step": lane.label, "wait": lane.wait, "pending": str(lane.pending).lower()}
+    if lane.due is not None:
+        extra["due"] = f"{(lane.due - canvas.origin).total_seconds() - shift:.6f}"
+    canvas.rect(
+        f"wait-bar {WAIT_CLASS[lane.wait]} {state}",
+        x0,
+        x1,
+        y + 3,
+        ROW - 6,
+        WAIT_FILL[lane.wait],
+        style=style,
+        **extra,
+        **data,
+    )
+    if lane.due is None:
+        return
+    due_x = canvas.x(lane.due, shift)
+    if due_x <= canvas.right + 0.5:
+        if due_x > x1:
+            # The rest of the wait, still to come: an outline up to the wake-up.
+            canvas.parts.append(
+                f'<rect class="wait-due" x="{x1:.1f}" y="{y + 3:.1f}" '
+                f'width="{due_x - x1:.1f}" height="{ROW - 6}" rx="2" fill="none" '
+                f'stroke="{stroke}" stroke-dasharray="2 3"/>'
+            )
+        canvas.parts.append(
+            f'<line class="wake-mark" x1="{due_x:.1f}" y1="{y + 1:.1f}" x2="{due_x:.1f}" '
+            f'y2="{y + ROW - 1:.1f}" stroke="{stroke}" stroke-width="2"/>'
+        )
+    else:
+        canvas.text(
+            canvas.right - 2,
+            y + 15,
+            f"wakes {local_time(lane.due)} \u2192",
+            text_anchor="end",
+            fill=stroke,
+            class_="wake-later",
+        )
 
 
 def _draw_attempt(

@@ -63,6 +63,14 @@ def ship(order: dict, reservation: dict) -> str:
     return f"shipment-{order['order_id']}-{len(reservation['reserved'])}"
 
 
+def send_invoice(order: dict) -> str:
+    return f"invoice-{order['order_id']}"
+
+
+def cancel_order(order: dict) -> dict:
+    return {"order_id": order["order_id"], "cancelled": True, "reason": "not paid in time"}
+
+
 def book_revenue(charge: Charge) -> Revenue:
     return Revenue(
         email=charge.email,

@@ -1,8 +1,9 @@
-"""Demo workflows: sequential steps, parallel steps, chunked parallel work, fan-out."""
+"""Demo workflows: sequential and parallel steps, chunked work, fan-out, a sleep, a wait."""
 
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 
 import stepflows
 
@@ -76,3 +77,40 @@ def record_revenue(ctx: stepflows.Context, step: stepflows.StepSync) -> steps.Re
     """
     charge: steps.Charge = ctx.event.data
     return step.run("book-revenue", steps.book_revenue, charge)
+
+
+@stepflows.workflow(id="signup-reminder", trigger="app/user.signed_up")
+def signup_reminder(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """Welcome a new user, sleep 10 seconds, then send a reminder.
+
+    The sleep holds no worker: the run waits in the database and a message
+    due in 10 seconds wakes it (a sleep over a minute is woken by the
+    periodic recovery task instead).
+    """
+    email = ctx.event.data["email"]
+    welcome = step.run("send-welcome", steps.send_email, email, "Welcome!")
+    step.sleep("wait-before-reminder", 10)
+    reminder = step.run("send-reminder", steps.send_email, email, "Finish setting up")
+    return {"welcome": welcome, "reminder": reminder}
+
+
+@stepflows.workflow(id="await-payment", trigger="shop/order.created")
+def await_payment(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """Send an invoice, then wait up to 10 minutes for the order's shop/order.paid event.
+
+    The event that resumes this run is the one that starts fulfil-order: a
+    shop/order.paid with the same ``order_id``. Without it, the order is
+    cancelled when the 10 minutes are up.
+    """
+    order = ctx.event.data
+    invoice = step.run("send-invoice", steps.send_invoice, order)
+    paid = step.wait_for_event(
+        "wait-for-payment",
+        event="shop/order.paid",
+        match="data.order_id",
+        timeout=timedelta(minutes=10),
+    )
+    if paid is None:
+        step.run("cancel-order", steps.cancel_order, order)
+        return {"order_id": order["order_id"], "invoice": invoice, "paid": False}
+    return {"order_id": order["order_id"], "invoice": invoice, "paid": True, "payment": paid.id}

@@ -48,6 +48,10 @@ STEP_FIELDS = (
     "ended_at",
     "attempts",
     "attempt_count",
+    # Durable waits are drawn as bars of their own (stepflows.timeline).
+    "kind",
+    "wake_at",
+    "wait",
 )
 
 

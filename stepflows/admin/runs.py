@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import timeline
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepKind, StepStatus
 from ..store.fence import worker_of
 from . import compare
 from .actions import RUN_ACTIONS
@@ -31,6 +31,16 @@ from .common import (
     status_badge,
 )
 from .family import fan_out_family
+from .waits import (
+    WaitingForFilter,
+    failure_handlers,
+    invoked_runs,
+    origin_line,
+    step_wait,
+    wait_detail,
+    waiting_line,
+    waiting_summary,
+)
 
 #: Columns of Step the run page needs (no outputs of other runs, no big blobs twice).
 STEP_FIELDS = (
@@ -49,6 +59,9 @@ STEP_FIELDS = (
     "attempt_count",
     "lease_owner",
     "heartbeat_at",
+    "kind",
+    "wake_at",
+    "wait",
 )
 
 
@@ -75,7 +88,12 @@ class RunAdmin(ReadOnlyAdmin):
         "attempts_display",
     )
     list_display_links = None
-    list_filter = ("status", "workflow_id", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        WaitingForFilter,
+        "workflow_id",
+        ("created_at", admin.DateFieldListFilter),
+    )
     search_fields = ("event__name",)
     search_help_text = "A run id (full, or its first 8 characters), or part of an event name."
     # Counting every row on each page load is slow on large tables.
@@ -107,6 +125,9 @@ class RunAdmin(ReadOnlyAdmin):
                 steps_total=_step_count(),
                 steps_done=_step_count(Q(status="completed")),
                 attempts_total=_attempt_sum(),
+                # What a waiting run waits for, from its scheduled wait step.
+                waiting_event=wait_detail("event"),
+                waiting_child=wait_detail("child"),
             )
         return qs
 
@@ -128,7 +149,7 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, run: Run) -> SafeString:
-        return status_badge(run.status)
+        return format_html("{}{}", status_badge(run.status), waiting_summary(run))
 
     @admin.display(description="trigger event", ordering="event__name")
     def trigger_event(self, run: Run) -> SafeString:
@@ -175,6 +196,7 @@ class RunAdmin(ReadOnlyAdmin):
             raise PermissionDenied
         steps = list(Step.objects.filter(run=run).only(*STEP_FIELDS).order_by("position"))
         family = fan_out_family(run)
+        children = invoked_runs(steps)
         siblings = Run.objects.filter(event_id=run.event_id).count()
         context = {
             **self.admin_site.each_context(request),
@@ -190,8 +212,12 @@ class RunAdmin(ReadOnlyAdmin):
             "payload": pretty_json(run.event.data),
             "output": pretty_json(run.output),
             "error": run.error or None,
-            "steps": [_step_row(s) for s in steps],
+            "waiting": waiting_line(run, steps, children),
+            "origin": origin_line(run),
+            "failure_handlers": failure_handlers(run),
+            "steps": [_step_row(s, children) for s in steps],
             "used_parallel": any(s.group is not None for s in steps),
+            "has_waits": any(s.kind != StepKind.RUN for s in steps),
             "timeline": timeline.render([timeline.track_for_run(run, steps)]),
             "family": family,
             "siblings": siblings,
@@ -271,7 +297,7 @@ def _get_run(object_id: str) -> Run | None:
         return None
 
 
-def _step_row(step: Step) -> dict[str, Any]:
+def _step_row(step: Step, children: dict[str, Run]) -> dict[str, Any]:
     attempts = step.attempts or []
     last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
     failed = sum(1 for a in attempts if isinstance(a, dict) and a.get("error"))
@@ -279,6 +305,11 @@ def _step_row(step: Step) -> dict[str, Any]:
     return {
         "step": step,
         "status": status_badge(step.status),
+        "kind": step.get_kind_display(),
+        "is_wait": step.kind != StepKind.RUN,
+        # A durable wait: what it waits for, and when it wakes up (or times out).
+        "waits_for": step_wait(step, children),
+        "wakes": step.wake_at if step.kind != StepKind.RUN else None,
         "worker": worker_of(step.lease_owner) if running else last.get("worker", ""),
         # A parallel step being executed: when its worker last said it was alive.
         "heartbeat": step.heartbeat_at if running else None,

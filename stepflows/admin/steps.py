@@ -12,8 +12,16 @@ from .common import ReadOnlyAdmin, status_badge
 
 
 class StepAdmin(ReadOnlyAdmin):
-    list_display = ("step_id", "run_link", "status_display", "attempt_count", "started_at")
-    list_filter = ("status",)
+    list_display = (
+        "step_id",
+        "run_link",
+        "kind",
+        "status_display",
+        "attempt_count",
+        "started_at",
+        "wake_at",
+    )
+    list_filter = ("status", "kind")
     search_fields = ("step_id",)
     list_select_related = ("run",)
     show_full_result_count = False
@@ -22,11 +30,14 @@ class StepAdmin(ReadOnlyAdmin):
         "step_id",
         "position",
         "group",
+        "kind",
         "status",
         "attempt_count",
         "output_bytes",
         "started_at",
         "ended_at",
+        "wake_at",
+        "wait",
         "output",
         "error",
         "attempts",

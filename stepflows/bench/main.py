@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SIZES = [10, 100, 1000]
+SCENARIOS = ("parallel", "sequential", "throughput", "memory", "sleep", "wait", "invoke")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,10 +34,16 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--throughput-runs", type=int, default=200)
     p.add_argument("--throughput-width", type=int, default=10)
     p.add_argument("--rss-runs", type=int, default=10_000)
+    p.add_argument("--sleep-runs", type=int, default=1000, help="runs sleeping 1 s at once")
+    p.add_argument(
+        "--wait-sizes", default="10,10000", help="runs left waiting while sends are timed"
+    )
+    p.add_argument("--wait-sends", type=int, default=200, help="timed sends per wait size")
+    p.add_argument("--invoke-steps", type=int, default=50, help="invokes (and inline steps)")
     p.add_argument(
         "--scenarios",
-        default="parallel,sequential,throughput,memory",
-        help="comma-separated subset of parallel,sequential,throughput,memory",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
     )
     p.add_argument("--concurrency", type=int, default=2, help="worker processes")
     p.add_argument("--celery-app", default=None, help="Celery app module (default: project's)")
@@ -53,7 +60,20 @@ def options(args: argparse.Namespace) -> Any:
     from .scenarios import Options
 
     if args.quick:
-        return Options([3], [3], 1, 1, 4, 3, 20, batch=10)
+        return Options(
+            [3],
+            [3],
+            1,
+            1,
+            4,
+            3,
+            20,
+            batch=10,
+            sleep_runs=20,
+            wait_sizes=[10, 200],
+            wait_sends=20,
+            invoke_steps=5,
+        )
     return Options(
         ints(args.parallel_sizes),
         ints(args.sequential_sizes),
@@ -62,7 +82,23 @@ def options(args: argparse.Namespace) -> Any:
         args.throughput_runs,
         args.throughput_width,
         args.rss_runs,
+        sleep_runs=args.sleep_runs,
+        wait_sizes=ints(args.wait_sizes),
+        wait_sends=args.wait_sends,
+        invoke_steps=args.invoke_steps,
     )
+
+
+def chosen_scenarios(text: str) -> list[str]:
+    """The scenarios named in ``--scenarios``, in running order; an unknown name is an error."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(
+            f"stepflows bench: unknown scenario(s) {', '.join(unknown)}; "
+            f"choose from {','.join(SCENARIOS)}"
+        )
+    return [s for s in SCENARIOS if s in chosen]
 
 
 def backend_name() -> str:
@@ -85,6 +121,7 @@ def load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    chosen = chosen_scenarios(args.scenarios)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stepflows.bench.settings")
     import django
 
@@ -95,10 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from stepflows.testing import CeleryWorker
 
-    from . import report, scenarios
+    from . import report, scenarios, waits
 
     opts = options(args)
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     call_command("migrate", verbosity=0)
     scenarios.cleanup()
     var = Path(os.environ.get("STEPFLOWS_VAR_DIR") or Path.cwd() / "var" / "bench")
@@ -133,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             scenarios.throughput(opts, res, log)
         if "memory" in chosen:
             scenarios.memory(opts, res, worker, log)
+        if "sleep" in chosen:
+            waits.sleep(opts, res, log)
+        if "wait" in chosen:
+            waits.wait(opts, res, log)
+        if "invoke" in chosen:
+            waits.invoke(opts, res, log)
     scenarios.cleanup()
     meta = {
         "backend": backend_name(),

@@ -20,6 +20,13 @@ def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
         },
         "throughput_ratio": _r(res.throughput["ratio"]) if res.throughput else None,
         "rss_growth": _r(res.rss["growth"], 4) if res.rss else None,
+        "sleep_wake_lag_ms": (
+            {"p50": _r(res.sleep["p50_ms"], 1), "p99": _r(res.sleep["p99_ms"], 1)}
+            if res.sleep
+            else None
+        ),
+        "wait_match_ms_per_send": {str(w): _r(v["mean_ms"], 3) for w, v in res.wait.items()},
+        "invoke_overhead_ms": _r(res.invoke["overhead_ms"], 3) if res.invoke else None,
         "details": {
             "parallel_s": {
                 str(n): {"chord": _r(v["chord_s"], 4), "stepflows": _r(v["stepflows_s"], 4)}
@@ -30,6 +37,11 @@ def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
             },
             "throughput_steps_per_s": {k: _r(v, 2) for k, v in res.throughput.items()},
             "rss": res.rss,
+            "sleep": {k: _r(v, 3) for k, v in res.sleep.items()},
+            "wait_match": {
+                str(w): {k: _r(x, 3) for k, x in v.items()} for w, v in res.wait.items()
+            },
+            "invoke_ms": {k: _r(v, 3) for k, v in res.invoke.items()},
             **meta,
         },
     }
@@ -64,5 +76,22 @@ def table(meta: dict[str, Any], res: Results) -> str:
         out.append(
             f"{'worker RSS over ' + str(r['runs']) + ' runs (KiB)':34} "
             f"{r['before_kib']:>20} {r['after_kib']:>14} {r['growth']:>+7.1%}"
+        )
+    if res.sleep:
+        s = res.sleep
+        label = f"sleep wake lag N={s['runs']:.0f} (ms, p50)"
+        out.append(f"{label:34} {'-':>20} {s['p50_ms']:>14.1f} {'':>7}  (p99: {s['p99_ms']:.1f})")
+    for w, v in res.wait.items():
+        out.append(
+            f"{f'wait, {w} waiting (ms/send)':34} {'-':>20} {v['mean_ms']:>14.3f} "
+            f"{'':>7}  (p99: {v['p99_ms']:.3f})"
+        )
+    if res.invoke:
+        i = res.invoke
+        label = f"invoke N={i['n']:.0f} (ms/invoke)"
+        out.append(
+            f"{label:34} {'-':>20} {i['ms_per_invoke']:>14.3f} "
+            f"{'':>7}  (inline step: {i['ms_per_inline_step']:.3f}, "
+            f"overhead: {i['overhead_ms']:.3f})"
         )
     return "\n".join(out)

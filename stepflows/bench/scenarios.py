@@ -1,4 +1,6 @@
-"""The four scenarios, each stepflows next to its floor (raw Celery) in the same run.
+"""Parallel, sequential, throughput, memory: stepflows next to raw Celery in the same run.
+
+The durable waits (sleep, wait for an event, invoke) are measured in :mod:`.waits`.
 
 Timings go from the moment the bench sends work (``stepflows.send`` / publishing
 the chord) to the moment the database says it is done (run finished / chord
@@ -17,13 +19,12 @@ from typing import Any
 
 from celery import chord
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from django_celery_results.models import GroupResult, TaskResult
 
 import stepflows
 from stepflows.models import Event, Run
-
-from .workflows import callback_task, noop_task
 
 POLL = 0.005
 TIMEOUT = 900.0
@@ -39,6 +40,10 @@ class Options:
     throughput_width: int
     rss_runs: int
     batch: int = 500
+    sleep_runs: int = 1000
+    wait_sizes: list[int] = field(default_factory=lambda: [10, 10_000])
+    wait_sends: int = 200
+    invoke_steps: int = 50
 
 
 @dataclass
@@ -47,6 +52,9 @@ class Results:
     sequential: dict[int, dict[str, float]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
+    sleep: dict[str, float] = field(default_factory=dict)
+    wait: dict[int, dict[str, float]] = field(default_factory=dict)
+    invoke: dict[str, float] = field(default_factory=dict)
 
 
 def median(values: list[float]) -> float:
@@ -56,7 +64,7 @@ def median(values: list[float]) -> float:
 # -- waiting ----------------------------------------------------------------
 
 
-def wait_runs(run_ids: list[Any]) -> None:
+def wait_runs(run_ids: list[Any], poll: float = POLL) -> None:
     deadline = time.monotonic() + TIMEOUT
     ids = [str(r) for r in run_ids]
     while True:
@@ -68,7 +76,7 @@ def wait_runs(run_ids: list[Any]) -> None:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"bench: {len(ids) - done} runs unfinished after {TIMEOUT}s")
-        time.sleep(POLL)
+        time.sleep(poll)
 
 
 def wait_tasks(task_ids: list[str]) -> None:
@@ -98,6 +106,9 @@ def time_runs(name: str, data: dict[str, Any], count: int = 1) -> float:
 
 
 def time_chords(width: int, count: int = 1) -> float:
+    # Imported here: the bench app registers its workflows; importing this module must not.
+    from .workflows import callback_task, noop_task
+
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     start = time.perf_counter()
     callbacks = []
@@ -236,7 +247,14 @@ BENCH_STARTED = timezone.now()
 
 def cleanup() -> None:
     """Delete what the bench made: its runs and events, and the Celery results since it began."""
-    Run.objects.filter(workflow_id__startswith="bench-").delete()
-    Event.objects.filter(name__startswith="bench/").delete()
+    runs = Run.objects.filter(workflow_id__startswith="bench-")
+    # The events of invoked runs are named by stepflows, not by the bench.
+    invoked = list(
+        Event.objects.filter(runs__in=runs.exclude(caller_step=""))
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    runs.delete()
+    Event.objects.filter(Q(name__startswith="bench/") | Q(id__in=invoked)).delete()
     TaskResult.objects.filter(date_created__gte=BENCH_STARTED).delete()
     GroupResult.objects.filter(date_created__gte=BENCH_STARTED).delete()

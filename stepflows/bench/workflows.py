@@ -51,3 +51,35 @@ def bench_small(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
         functools.partial(step.run, "right", noop, 3),
     )
     return int(first + a + b)
+
+
+# -- durable waits ------------------------------------------------------------
+
+
+@stepflows.workflow(id="bench-sleep", trigger="bench/sleep", retries=0)
+def bench_sleep(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """Sleeps, then one step: how late that step starts is the wake-up lag."""
+    step.sleep("nap", ctx.event.data["seconds"])
+    return int(step.run("after-nap", noop, 1))
+
+
+@stepflows.workflow(id="bench-wait", trigger="bench/wait", retries=0)
+def bench_wait(ctx: stepflows.Context, step: stepflows.StepSync) -> bool:
+    """Waits, without a timeout, for a bench/match event with its own key."""
+    event = step.wait_for_event("match", event="bench/match", match="data.key")
+    return event is not None
+
+
+@stepflows.workflow(id="bench-child", trigger="bench/child", retries=0)
+def bench_child(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """The no-op child of bench-invoke: no step, returns its input."""
+    return int(ctx.event.data.get("i", 0))
+
+
+@stepflows.workflow(id="bench-invoke", trigger="bench/invoke", retries=0)
+def bench_invoke(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """N sequential invocations of the no-op child (bench-sequential is the inline side)."""
+    n = ctx.event.data["n"]
+    for i in range(n):
+        step.invoke("child", workflow=bench_child, data={"i": i})
+    return n

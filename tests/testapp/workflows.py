@@ -10,6 +10,7 @@ from .flows import (
     faults,
     in_process,
     leases,
+    waits,
     waits_in_process,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "faults",
     "in_process",
     "leases",
+    "waits",
     "waits_in_process",
 ]

@@ -2,6 +2,7 @@
 
 Migrates, creates a demo admin login, starts a Celery worker and the dev
 server, sends sample events, prints the admin URL, and stops it all on Ctrl-C.
+One sample run waits for an event; the printed command sends it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from django.core.management.base import BaseCommand, CommandParser
 
 import stepflows
 from stepflows.testing import CeleryWorker
+
+# The order that await-payment leaves waiting for its shop/order.paid event.
+UNPAID_ORDER = 2
+PAY_COMMAND = (
+    ".venv/bin/python manage.py stepflows send shop/order.paid "
+    f'--data \'{{"order_id": {UNPAID_ORDER}, "items": []}}\''
+)
 
 SAMPLE_TEXT = (
     "Durable workflows keep long jobs alive across crashes. Each step runs once and its "
@@ -63,6 +71,7 @@ class Command(BaseCommand):
         try:
             event_ids = self.send_samples()
             if no_server:
+                event_ids += self.pay_when_waiting()
                 self.wait_for(event_ids)
                 return
             server = subprocess.Popen(
@@ -75,8 +84,8 @@ class Command(BaseCommand):
                     f"\nstepflows demo is running.\n  Admin:    {url}\n"
                     f"  Login:    {username} / {password}\n"
                     f"  Worker log: {worker.logfile}\n"
-                    "  Send more: .venv/bin/python manage.py stepflows send shop/order.paid "
-                    '--data \'{"order_id": 2, "items": []}\'\n'
+                    f"  Order {UNPAID_ORDER} waits for its payment (10 minutes); pay it with:\n"
+                    f"    {PAY_COMMAND}\n"
                     "Press Ctrl-C to stop.\n"
                 )
             )
@@ -106,15 +115,36 @@ class Command(BaseCommand):
                 # Starts summarize-text (step.parallel) and summarize-text-fanout
                 # (one summarize-chunk run per chunk): the same work, both ways.
                 stepflows.Event(name="app/text.summarize", data={"text": SAMPLE_TEXT}),
+                stepflows.Event(name="app/user.signed_up", data={"email": "grace@example.com"}),
+                stepflows.Event(
+                    name="shop/order.created",
+                    data={"order_id": UNPAID_ORDER, "items": [{"sku": "mug", "price": 9}]},
+                ),
             ]
         )
         self.stdout.write(f"Sent {len(ids)} sample events: {', '.join(ids)}")
         self.stdout.write(
             "  stripe/charge.created starts post-payment-flow and record-revenue;\n"
             "  app/text.summarize starts summarize-text (parallel steps) and\n"
-            "  summarize-text-fanout (one summarize-chunk run per chunk)."
+            "  summarize-text-fanout (one summarize-chunk run per chunk);\n"
+            "  app/user.signed_up starts signup-reminder, which sleeps 10 s between two emails;\n"
+            f"  shop/order.created starts await-payment, which waits for order {UNPAID_ORDER}'s\n"
+            "  shop/order.paid event."
         )
         return ids
+
+    def pay_when_waiting(self) -> list[str]:
+        """Once await-payment waits for its event, send the payment, as a user would."""
+        from stepflows.models import Run
+
+        deadline = time.monotonic() + 60
+        waiting = Run.objects.filter(workflow_id="await-payment", waiting_for="event")
+        while not waiting.filter(event__data__order_id=UNPAID_ORDER).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("await-payment did not start waiting within 60 s")
+            time.sleep(0.2)
+        self.stdout.write(f"Paying order {UNPAID_ORDER}, as this command would:\n  {PAY_COMMAND}")
+        return stepflows.send("shop/order.paid", data={"order_id": UNPAID_ORDER, "items": []})
 
     def wait_for(self, event_ids: list[str]) -> None:
         """Wait for the runs of the sample events, then for their fan-out families."""
@@ -130,4 +160,3 @@ class Command(BaseCommand):
             if family:
                 done = sum(1 for r in family if r.status == "completed")
                 self.stdout.write(f"    + {len(family)} fan-out runs, {done} completed")
-        time.sleep(0)
