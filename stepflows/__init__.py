@@ -24,6 +24,7 @@ from .exceptions import (
     StepError,
     StepflowsError,
 )
+from .flow import Batch, Concurrency, Cron, Debounce, Priority, RateLimit, Singleton, Throttle
 from .registry import CancelOn, Timeouts, TriggerEvent, workflow
 
 if TYPE_CHECKING:
@@ -31,15 +32,23 @@ if TYPE_CHECKING:
     from .engine.tools import Step, StepSync
 
 __all__ = [
+    "Batch",
     "CancelOn",
+    "Concurrency",
     "Context",
+    "Cron",
+    "Debounce",
     "Event",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
+    "Singleton",
     "Step",
     "StepError",
     "StepSync",
     "StepflowsError",
+    "Throttle",
     "Timeouts",
     "TriggerEvent",
     "asend",

@@ -64,6 +64,16 @@ def check_workflows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                     id="stepflows.E003",
                 )
             )
+    for workflow_id, problems in sorted(registry.problems.items()):
+        for problem in problems:
+            errors.append(
+                Error(
+                    f"workflow {workflow_id!r}: {problem}",
+                    hint="Fix the option in its @stepflows.workflow(...); see the README's "
+                    "Flow control section.",
+                    id="stepflows.E020",
+                )
+            )
     return errors
 
 

@@ -52,6 +52,8 @@ class Context:
         replaying: Callable[[], bool],
     ) -> None:
         self.event = event
+        # A batched run (Batch) gets every event of its batch, in order; others get theirs.
+        self.events: list[Event] = [event]
         self.run_id = run_id
         self.workflow_id = workflow_id
         self.attempt = 0

@@ -29,9 +29,17 @@ class RunStatus(models.TextChoices):
     """Failed for good; ``error`` says why."""
     CANCELLED = "cancelled", _("cancelled")
     """Stopped by a person before it finished."""
+    SKIPPED = "skipped", _("skipped")
+    """Not started: a rate limit or a singleton said no (``error`` says which)."""
 
 
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+FINISHED_RUN_STATUSES = (
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+    RunStatus.SKIPPED,
+)
 
 
 class WaitKind(models.TextChoices):
@@ -40,6 +48,11 @@ class WaitKind(models.TextChoices):
     SLEEP = "sleep", _("sleep")
     EVENT = "event", _("event")
     INVOKE = "invoke", _("invoked run")
+    # A queued run held by flow control (stepflows.store.admission).
+    CONCURRENCY = "concurrency", _("concurrency slot")
+    THROTTLE = "throttle", _("throttle")
+    DEBOUNCE = "debounce", _("debounce")
+    BATCH = "batch", _("batch")
 
 
 class StepKind(models.TextChoices):
@@ -100,7 +113,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(status=RunStatus.FAILED)
 
     def finished(self) -> RunQuerySet:
-        return self.filter(status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED])
+        return self.filter(status__in=FINISHED_RUN_STATUSES)
 
     def lease_free(self, now: datetime) -> RunQuerySet:
         """Runs no live worker holds: never leased, released, or with an expired lease."""
@@ -197,6 +210,12 @@ class Run(models.Model):
     caller_step = models.CharField(_("invoked by step"), max_length=255, blank=True, default="")
     # Its cancel_on waiters are registered (at its first invocation).
     listening = models.BooleanField(default=False, editable=False)
+    # Flow control: the key value a held run waits on (a concurrency key, a
+    # throttle, debounce or batch key), its place in the line (created_at
+    # moved by Priority), and a batch's event ids, in order.
+    flow_key = models.CharField(_("flow key"), max_length=255, blank=True, default="")
+    priority_at = models.DateTimeField(null=True, blank=True, editable=False)
+    batch = models.JSONField(_("batched events"), null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -217,6 +236,10 @@ class Run(models.Model):
             models.Index(fields=["workflow_id", "-created_at"], name="stepflows_run_wf_idx"),
             models.Index(fields=["status", "progress_at"], name="stepflows_run_progress_idx"),
             models.Index(fields=["status", "wait_until"], name="stepflows_run_wait_idx"),
+            models.Index(
+                fields=["workflow_id", "waiting_for", "flow_key", "priority_at"],
+                name="stepflows_run_held_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -224,7 +247,7 @@ class Run(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self.status in FINISHED_RUN_STATUSES
 
     def family(self) -> RunQuerySet:
         """Runs below this one in its fan-out family, at any depth; see ``family_of``."""
@@ -357,3 +380,54 @@ class Waiter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.event_name} for run {self.run_id}"
+
+
+class Slot(models.Model):
+    """A concurrency slot: ``run`` holds one of its workflow's slots for ``key``."""
+
+    workflow_id = models.CharField(max_length=255)
+    key = models.CharField(max_length=255)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="slots")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("concurrency slot")
+        verbose_name_plural = _("concurrency slots")
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="stepflows_slot_run_key_uniq"),
+        ]
+        indexes = [models.Index(fields=["workflow_id", "key"], name="stepflows_slot_key_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.key!r}: run {self.run_id}"
+
+
+class FlowState(models.Model):
+    """The state of one flow-control limit for one key of one workflow.
+
+    ``kind`` is throttle, rate_limit, idempotency, singleton, debounce, batch or
+    cron; ``at`` is the limit's clock (a throttle's next free start, a rate
+    limit's theoretical arrival time, a debounce's first event, a cron's last
+    tick), ``until`` an expiry (an idempotency key), ``run`` the run it points
+    at (the pending debounce or batch run, the singleton's active run).
+    """
+
+    workflow_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16)
+    key = models.CharField(max_length=255, blank=True, default="")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    at = models.DateTimeField(null=True, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("flow state")
+        verbose_name_plural = _("flow states")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow_id", "kind", "key"], name="stepflows_flow_state_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.kind} {self.key!r}"

@@ -17,6 +17,20 @@ from pydantic import BaseModel
 
 from .events import Event
 from .exceptions import ConfigurationError, TriggerFilterError, WorkflowNotFoundError
+from .flow import CRON_EVENT, Cron, FlowOptions
+
+# Options of the decorator that are flow control (see stepflows.flow).
+FLOW_OPTIONS = (
+    "concurrency",
+    "throttle",
+    "rate_limit",
+    "debounce",
+    "priority",
+    "idempotency",
+    "idempotency_period",
+    "singleton",
+    "batch",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +135,7 @@ class Workflow:
     cancel_on: list[CancelOn] = field(default_factory=list)
     on_failure: str | None = None
     """Id of the workflow that handles this one's failed runs."""
+    flow: FlowOptions = field(default_factory=FlowOptions)
 
     @property
     def is_async(self) -> bool:
@@ -153,6 +168,8 @@ class Registry:
     def __init__(self) -> None:
         self._workflows: dict[str, Workflow] = {}
         self.duplicates: list[tuple[Workflow, Workflow]] = []
+        # Workflow id -> what is wrong with its options (the system check reports them).
+        self.problems: dict[str, list[str]] = {}
 
     def register(self, wf: Workflow) -> None:
         check_workflow_id(wf.id)
@@ -214,11 +231,17 @@ def check_workflow_id(workflow_id: str) -> None:
         ) from None
 
 
+def _cron_filter(workflow_id: str) -> Callable[[Event], bool]:
+    return lambda event: isinstance(event.data, dict) and event.data.get("workflow") == workflow_id
+
+
 def _triggers(trigger: Any, workflow_id: str) -> list[TriggerEvent]:
     items = trigger if isinstance(trigger, list | tuple) else [trigger]
     result: list[TriggerEvent] = []
     for item in items:
-        if isinstance(item, str):
+        if isinstance(item, Cron):
+            result.append(TriggerEvent(CRON_EVENT, if_=_cron_filter(workflow_id)))
+        elif isinstance(item, str):
             result.append(TriggerEvent(item))
         elif isinstance(item, TriggerEvent):
             result.append(item)
@@ -296,6 +319,15 @@ def workflow(
     if on_failure is not None and not callable(on_failure):
         raise ConfigurationError(f"workflow {id!r}: on_failure must be a workflow function")
 
+    flow_args = {name: options.pop(name) for name in FLOW_OPTIONS if name in options}
+    if "concurrency" in flow_args and not isinstance(flow_args["concurrency"], list | tuple):
+        flow_args["concurrency"] = [flow_args["concurrency"]]
+    if "concurrency" in flow_args:
+        flow_args["concurrency"] = list(flow_args["concurrency"])
+    items = trigger if isinstance(trigger, list | tuple) else [trigger]
+    flow = FlowOptions(**flow_args, crons=[t for t in items if isinstance(t, Cron)])
+    problems = flow.problems()
+
     def decorator(fn: F) -> F:
         handler_id = None
         if on_failure is not None:
@@ -311,8 +343,11 @@ def workflow(
             timeouts=limits,
             cancel_on=cancels,
             on_failure=handler_id,
+            flow=flow,
         )
         registry.register(wf)
+        if problems:
+            registry.problems[id] = problems
         fn.stepflows_workflow = wf  # type: ignore[attr-defined]
         return fn
 

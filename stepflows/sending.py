@@ -13,7 +13,7 @@ import reprlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -193,7 +193,96 @@ def send_events(events: list[Event], source_run_id: Any = None) -> list[str]:
     none of them. ``source_run_id`` is the run sending them, if any.
     """
     prepared = [prepare(e, i) for i, e in enumerate(events)]
-    return store_events(prepared, source_run_id, on_stored=wake_waiters)
+    return store_events(prepared, source_run_id, on_stored=wake_waiters, admit=admit)
+
+
+def _user(workflow: Workflow, what: str, fn: Any, *args: Any) -> Any:
+    """Call a workflow's own function (a key, a priority) at send, with a clear error."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise InvalidEventError(
+            f"workflow {workflow.id!r}: its {what} raised {type(exc).__name__}: {exc}. "
+            "Nothing was stored."
+        ) from exc
+
+
+def admit(e: Prepared, run: Any) -> Any:
+    """Flow control at send: the run as created (perhaps held or skipped), or None.
+
+    In order: an idempotency key already seen starts nothing; over a rate
+    limit the run is skipped; a singleton skips it (or cancels the active
+    one); a debounce or a batch folds the event into its pending run; a
+    throttle holds it until its turn. Runs in the transaction storing the event.
+    """
+    from .flow import key_of, seconds
+    from .models import WaitKind
+    from .store import admission
+
+    workflow = registry.get(run.workflow_id)
+    flow = workflow.flow
+    if not flow.at_send:
+        return run
+    event = Event(name=e.name, data=e.data, id=e.id, ts=e.ts)
+
+    def key(arg: Any, what: str) -> str:
+        return str(_user(workflow, what, key_of, arg, event))[:255]
+
+    now = waits.database_now()
+    if flow.idempotency is not None:
+        k = key(flow.idempotency, "idempotency key")
+        if admission.idempotent(workflow.id, k, period=seconds(flow.idempotency_period), now=now):
+            return None
+    if flow.rate_limit is not None:
+        r = flow.rate_limit
+        k = key(r.key, "rate_limit key")
+        if not admission.rate_allows(
+            workflow.id, k, limit=r.limit, period=seconds(r.period), now=now
+        ):
+            admission.skip(
+                run,
+                f"rate limit: over {r.limit} runs per {seconds(r.period):g} s for key {k!r}",
+                now,
+            )
+            return run
+    if flow.singleton is not None:
+        k = key(flow.singleton.key, "singleton key")
+        active = admission.singleton_active(workflow.id, k)
+        if active is not None and flow.singleton.mode == "skip":
+            admission.skip(run, f"singleton: run {active} is still active for key {k!r}", now)
+            return run
+        if active is not None:
+            run_store.cancel_run(
+                active, reason=f"replaced by run {run.pk} for key {k!r} (Singleton mode 'cancel')"
+            )
+        admission.set_singleton(workflow.id, k, run.pk)
+    if flow.priority is not None:
+        ahead = float(_user(workflow, "priority function", flow.priority.run, event))
+        run.priority_at = now - timedelta(seconds=ahead)
+    if flow.debounce is not None:
+        d = flow.debounce
+        k = key(d.key, "debounce key")
+        timeout = None if d.timeout is None else seconds(d.timeout)
+        if admission.debounce(
+            workflow.id, k, run, period=seconds(d.period), timeout=timeout, now=now
+        ):
+            return None
+    elif flow.batch is not None:
+        b = flow.batch
+        k = key(b.key, "batch key")
+        if admission.batch(
+            workflow.id, k, run, max_size=b.max_size, timeout=seconds(b.timeout), now=now
+        ):
+            return None
+    if flow.throttle is not None and not run.waiting_for:
+        t = flow.throttle
+        k = key(t.key, "throttle key")
+        start = admission.throttle_start(
+            workflow.id, k, limit=t.limit, period=seconds(t.period), burst=t.burst, now=now
+        )
+        if start > now:
+            admission.hold_until(run, WaitKind.THROTTLE, k, start)
+    return run
 
 
 def _as_json(e: Prepared) -> tuple[dict[str, Any], int]:

@@ -83,7 +83,6 @@ def recover() -> dict[str, int]:
     Run it periodically, e.g. with celery beat (``stepflows.celery_config.beat_schedule``).
     """
     from .engine.recovery import recover_stuck_runs
-    from .engine.waits import wake_due_runs
+    from .engine.sweep import sweep
 
-    woken = wake_due_runs()
-    return {**woken, **recover_stuck_runs().counts()}
+    return {**sweep(), **recover_stuck_runs().counts()}

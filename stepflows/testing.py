@@ -372,10 +372,10 @@ class InProcess:
     def advance(self, seconds: float) -> int:
         """Move the clock on by ``seconds``, wake the runs whose wait is then due, and run
         the queued messages; returns how many ran."""
-        from .engine.waits import wake_due_runs
+        from .engine.sweep import sweep
 
         clock.advance(seconds)
-        wake_due_runs()
+        sweep()
         return self.run_until_idle()
 
     def run_until_finished(
@@ -446,17 +446,20 @@ class InProcess:
     def _wake_next_wait(self, wanted: Callable[[Message], bool]) -> bool:
         """Nothing is queued: move the clock to the next due wait (a sleep, a timeout) and
         run the sweep, as celery beat would. False when no wanted run waits for a time."""
-        from .engine.waits import wake_due_runs
+        from .engine.sweep import sweep
         from .store.waits import database_now
 
-        due = Run.objects.filter(status="waiting", wait_until__isnull=False).order_by("wait_until")
+        due = Run.objects.filter(
+            status__in=("waiting", "queued"), wait_until__isnull=False
+        ).order_by("wait_until")
         for run_id, wait_until in due.values_list("id", "wait_until")[:1000]:
             if wait_until is not None and wanted(dispatch.execute_run(run_id)):
                 # Due times are on the database's clock (see store.waits.database_now).
                 wait = (wait_until - database_now()).total_seconds() + 0.001
                 if wait > 0:
                     clock.advance(wait)
-                return wake_due_runs()["woken"] > 0
+                done = sweep()
+                return done["woken"] + done["released"] > 0
         return False
 
     @staticmethod

@@ -115,8 +115,9 @@ def find_stuck_runs(now: datetime | None = None, *, limit: int = 1000) -> list[S
     expired = Run.objects.filter(status=RunStatus.RUNNING).lease_free(now)
     found += [_stuck(r, "lease-expired") for r in expired.order_by("lease_expires_at")[:limit]]
 
+    # A run held by flow control waits for the sweep or a slot, not for a message.
     queued = (
-        Run.objects.filter(status=RunStatus.QUEUED)
+        Run.objects.filter(status=RunStatus.QUEUED, waiting_for="")
         .lease_free(now)
         .annotate(last=Coalesce("progress_at", "created_at"))
         .filter(last__lt=now - timedelta(seconds=stall))

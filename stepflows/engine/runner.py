@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pydantic import BaseModel
+
 from .. import clock
 from ..conf import get_settings
 from ..events import Event
@@ -17,6 +19,7 @@ from ..exceptions import (
     StepflowsError,
 )
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, StepStatus
+from ..models import Event as EventRow
 from ..models import Step as StepRow
 from ..registry import Workflow, registry
 from ..serialization import to_json
@@ -53,6 +56,24 @@ def _event_for(run: Run, workflow: Workflow) -> Event:
                 f"matches the workflow's schema {workflow.schema.__name__}: {exc}"
             ) from None
     return Event(name=stored.name, data=data, id=stored.id, ts=stored.ts)
+
+
+def _batch(inv: Invocation) -> None:
+    """A batched run: ``ctx.events`` holds every event of its batch, in order."""
+    ids = inv.run.batch
+    if not ids or len(ids) < 2:
+        return
+    rows = EventRow.objects.in_bulk(ids)
+    events = []
+    for event_id in ids:
+        row = rows.get(event_id)
+        if row is None:
+            continue
+        data: Any = row.data
+        if inv.workflow.schema is not None:
+            data = inv.workflow.schema.model_validate(row.data)
+        events.append(Event(name=row.name, data=data, id=row.id, ts=row.ts))
+    inv.ctx.events = events
 
 
 def _tools(inv: Invocation) -> Step | StepSync:
@@ -99,6 +120,9 @@ def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) 
             token=token,
             lease=lease,
         )
+        _batch(inv)
+        if workflow.flow.concurrency and not _slots(inv):
+            return  # over its concurrency limit: it waits in line, in the database
         if workflow.cancel_on and not run.listening:
             try:
                 if not waits.listen(inv):
@@ -107,6 +131,27 @@ def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) 
                 _stopped(inv.where(), lost)
                 return
         _invoke(inv)
+
+
+def _slots(inv: Invocation) -> bool:
+    """Take the run's concurrency slots (one per key), or put it in line; True to go on."""
+    from ..flow import key_of
+    from ..store import admission
+
+    event = inv.ctx.event
+    plain = (
+        event
+        if not isinstance(event.data, BaseModel)
+        else event.model_copy(update={"data": event.data.model_dump(mode="json")})
+    )
+    keys = [
+        (f"{i}:{key_of(c.key, plain)}"[:255], c.limit)
+        for i, c in enumerate(inv.workflow.flow.concurrency)
+    ]
+    run = inv.run
+    return admission.take_slots(
+        run.id, inv.token, inv.workflow.id, keys, run.priority_at or run.created_at
+    )
 
 
 def _end(inv: Invocation, status: str, **fields: Any) -> None:
@@ -130,6 +175,7 @@ def _end(inv: Invocation, status: str, **fields: Any) -> None:
         caller=caller,
         handler=handler,
         listening=bool(inv.workflow.cancel_on),
+        slots=bool(inv.workflow.flow.concurrency),
         **fields,
     )
 
@@ -275,6 +321,7 @@ def execute_step_task(
             lease=lease,
             target=target,
         )
+        _batch(inv)
         return _invoke_step(inv, record, token)
 
 

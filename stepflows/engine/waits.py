@@ -130,7 +130,8 @@ def _complete(inv: Invocation, rec: StepRecord, exists: bool, output: Any = None
 
 def _suspend(inv: Invocation, rec: StepRecord, *, exists: bool, **kwargs: Any) -> BaseException:
     inv.still_ours()
-    if not store.suspend_for_wait(inv.run_id, inv.token, rec, exists=exists, **kwargs):
+    slots = bool(inv.workflow.flow.concurrency)
+    if not store.suspend_for_wait(inv.run_id, inv.token, rec, exists=exists, slots=slots, **kwargs):
         return _lost(inv)
     return inv.suspend(Suspend(written=True))
 

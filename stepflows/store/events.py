@@ -32,10 +32,14 @@ class NewEvent(Protocol):
 
 
 Stored = Callable[[Sequence[Any]], None]
+Admit = Callable[[Any, Run], Run | None]
 
 
 def store_events(
-    events: Sequence[NewEvent], source_run_id: Any = None, on_stored: Stored | None = None
+    events: Sequence[NewEvent],
+    source_run_id: Any = None,
+    on_stored: Stored | None = None,
+    admit: Admit | None = None,
 ) -> list[str]:
     """Insert the events and one queued run per workflow each starts; returns the event ids.
 
@@ -45,11 +49,13 @@ def store_events(
     current transaction commits, so events sent in a transaction that rolls
     back start nothing. ``on_stored(fresh)`` runs in the same transaction
     with the events that were new (it wakes the runs waiting for them).
+    ``admit(event, run)`` applies flow control to each new run, in the same
+    transaction: it returns the run (perhaps held or skipped) or None.
     """
     for attempt in range(2):
         try:
             with transaction.atomic():
-                return _insert(events, source_run_id, on_stored)
+                return _insert(events, source_run_id, on_stored, admit)
         except IntegrityError:
             # A concurrent sender stored the same event id first; the second
             # pass finds it and starts nothing new.
@@ -58,7 +64,12 @@ def store_events(
     raise AssertionError("unreachable")
 
 
-def _insert(events: Sequence[NewEvent], source_run_id: Any, on_stored: Stored | None) -> list[str]:
+def _insert(
+    events: Sequence[NewEvent],
+    source_run_id: Any,
+    on_stored: Stored | None,
+    admit: Admit | None = None,
+) -> list[str]:
     # Serialized with waits being registered for these names (see store.waits),
     # before the waiters are read.
     existing = share_names_and_find([e.name for e in events], [e.id for e in events])
@@ -73,27 +84,35 @@ def _insert(events: Sequence[NewEvent], source_run_id: Any, on_stored: Stored | 
             for e in fresh
         ]
     )
-    create_runs(
-        [
-            Run(workflow_id=workflow_id, event_id=e.id, parent_id=source_run_id)
-            for e in fresh
-            for workflow_id in e.workflow_ids
-        ]
-    )
+    runs = [
+        (e, Run(workflow_id=workflow_id, event_id=e.id, parent_id=source_run_id))
+        for e in fresh
+        for workflow_id in e.workflow_ids
+    ]
+    if admit is None:
+        create_runs([run for _, run in runs])
+    else:
+        create_runs([admitted for e, run in runs if (admitted := admit(e, run)) is not None])
     if on_stored is not None and fresh:
         on_stored(fresh)
     return [e.id for e in events]
 
 
 def create_runs(runs: Sequence[Run]) -> None:
-    """Insert unsaved, queued ``runs`` and publish an invocation of each after commit."""
+    """Insert unsaved ``runs`` and publish an invocation of each after commit.
+
+    Runs that flow control holds (``waiting_for`` set) or skipped are stored
+    but not published: the sweep or a freed slot starts them.
+    """
     if not runs:
         return
     # No savepoint of its own: a caller's transaction already makes rows and
     # publish all-or-nothing, and a savepoint would cost each send a round trip.
     with transaction.atomic(savepoint=False):
         Run.objects.bulk_create(runs)
-        run_ids = [r.pk for r in runs]
+        run_ids = [r.pk for r in runs if r.status == "queued" and not r.waiting_for]
+        if not run_ids:
+            return
         transaction.on_commit(
             lambda: dispatch.publish([dispatch.execute_run(rid) for rid in run_ids]),
             robust=True,

@@ -24,7 +24,7 @@ from django.db.models.functions import Coalesce
 from .. import clock, dispatch
 from ..conf import get_settings
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus, Waiter
-from . import waits
+from . import admission, waits
 from .events import start_failure_handler
 from .fence import after_commit
 from .records import FINISHED, PlannedStep
@@ -135,22 +135,27 @@ def finish_run(
     caller: tuple[Any, str] | None = None,
     handler: Handler | None = None,
     listening: bool = False,
+    slots: bool = False,
 ) -> bool:
     """Complete or fail the run this worker holds. False when it lost the lease.
 
     ``caller``: (parent run, step) when the run was started by ``step.invoke``;
     ``handler``: the on_failure run to start if it failed; ``listening``: the
     run has cancel_on waiters to drop. All happen in the same transaction as
-    the end.
+    the end. ``slots``: its workflow has a concurrency limit: its slots are
+    handed to the runs in line.
     """
     fields = {"status": status, "output": output, "error": error, "ended_at": clock.now()}
-    if caller is None and not listening and (handler is None or status != RunStatus.FAILED):
+    plain = caller is None and not listening and not slots
+    if plain and (handler is None or status != RunStatus.FAILED):
         done = _held(run_id, token).update(**fields, **RELEASED)
     else:
         with transaction.atomic():
             done = _held(run_id, token).update(**fields, **RELEASED)
             if done and listening:
                 Waiter.objects.filter(run_id=run_id).delete()
+            if done and slots:
+                admission.release_slots(run_id)
             if done:
                 _after_end(
                     run_id,
@@ -173,6 +178,7 @@ def fail_unclaimed_run(run_id: Any, error: dict[str, Any]) -> None:
             status=RunStatus.FAILED, error=error, ended_at=clock.now(), **RELEASED
         )
         if done:
+            admission.release_slots(run_id)
             _after_end(run_id, RunStatus.FAILED, error=error, caller=waits.caller_of(run_id))
 
 
@@ -312,6 +318,7 @@ def cancel_run(run_id: Any, *, reason: str, children: bool = True) -> bool:
         if not done:
             return False
         Waiter.objects.filter(run_id=run_id).delete()
+        admission.release_slots(run_id)
         _after_end(run_id, RunStatus.CANCELLED, error=error, caller=waits.caller_of(run_id))
         if children:
             for child in waits.invoked_children(run_id):
@@ -395,6 +402,7 @@ def recover_run(
                 **RELEASED,
             )
             if done:
+                admission.release_slots(run_id)
                 caller = waits.caller_of(run_id)
                 _after_end(run_id, RunStatus.FAILED, error=error, caller=caller, handler=handler)
             return ("failed" if done else "skipped"), count

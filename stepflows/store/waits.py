@@ -195,14 +195,16 @@ def suspend_for_wait(
     countdown: float | None = None,
     child: Run | None = None,
     child_event: dict[str, Any] | None = None,
+    slots: bool = False,
 ) -> bool:
     """Store the waiting step and release the run as waiting for it, in one transaction.
 
     ``waiter``: the fields of a Waiter row (an event wait), kept if it exists.
     ``countdown``: also publish a wake-up after that many seconds (a short
     sleep). ``child``/``child_event``: the run to start (step.invoke) and its
-    event, created here so that a replay never starts a second one. False
-    when the worker no longer held the run (nothing is written).
+    event, created here so that a replay never starts a second one.
+    ``slots``: give back its concurrency slots while it waits. False when the
+    worker no longer held the run (nothing is written).
     """
     now = clock.now()
     with transaction.atomic():
@@ -252,6 +254,10 @@ def suspend_for_wait(
         if countdown is not None:
             messages.append(dispatch.execute_run(run_id, wake=wake, countdown=countdown))
         after_commit(messages)
+        if slots:
+            from .admission import release_slots
+
+            release_slots(run_id)
     return True
 
 

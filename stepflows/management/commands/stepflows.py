@@ -166,12 +166,14 @@ class Command(BaseCommand):
 
     def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
         from ...engine.recovery import recover_stuck_runs
-        from ...engine.waits import wake_due_runs
+        from ...engine.sweep import sweep
 
         if not dry_run:
-            woken = wake_due_runs(limit=limit)
+            due = sweep(limit=limit)
             self.stdout.write(
-                f"waits due: {woken['woken']} woken, {woken['timed_out']} runs timed out"
+                f"due: {due['woken']} waits woken, {due['timed_out']} runs timed out, "
+                f"{due['released']} held runs started, {due['slots_handed_over']} slots "
+                f"handed over, {due['cron_ticks']} cron ticks sent"
             )
         report = recover_stuck_runs(limit=limit, dry_run=dry_run)
         done = {rid: "resumed" for rid in report.resumed}
