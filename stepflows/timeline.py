@@ -50,6 +50,8 @@ RUN_FILL = {
     "waiting": "#7a8fa8",
     "queued": "#9a9a9a",
     "cancelled": "#8a6d3b",
+    # Never started: a rate limit or a singleton said no (the reason is in the title).
+    "skipped": "#9b8bb4",
 }
 ATTEMPT_OK = "#2e7d3e"
 ATTEMPT_FAILED = "#c0392b"
@@ -160,7 +162,7 @@ def track_for_run(run: Any, steps: Sequence[Any], *, label: str | None = None) -
         status=str(run.status),
         start=run.started_at or run.created_at,
         end=run.ended_at,
-        title=f"run {run.pk} of {run.workflow_id}: {run.status}",
+        title=f"run {run.pk} of {run.workflow_id}: {run.status}{_skipped(run)}",
     )
     lanes = [run_lane]
     ordered = sorted(steps, key=lambda s: s.position)
@@ -179,6 +181,13 @@ def track_for_run(run: Any, steps: Sequence[Any], *, label: str | None = None) -
         anchor=run_lane.start,
         hidden_steps=max(0, len(ordered) - MAX_STEP_LANES),
     )
+
+
+def _skipped(run: Any) -> str:
+    """Why a skipped run never started, for its lane's title."""
+    error = getattr(run, "error", None)
+    error = error if isinstance(error, dict) else {}
+    return f" ({error.get('message')})" if run.status == "skipped" and error.get("message") else ""
 
 
 def _code_lane(step: Any) -> Lane:

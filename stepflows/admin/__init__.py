@@ -1,4 +1,4 @@
-"""Django admin for stepflows: runs, events and steps; actions call stepflows.api.
+"""Django admin for stepflows: runs, events, steps, flow control; actions call stepflows.api.
 
 Read-only pages (nothing is added, edited or deleted here); state changes go
 through the actions, each behind its own permission.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from ..models import Event, Run, Step
+from ..models import Event, FlowState, Run, Step
 from .events import EventAdmin
+from .flow_control import FlowStateAdmin
 from .runs import RunAdmin
 from .steps import StepAdmin
 
 admin.site.register(Run, RunAdmin)
 admin.site.register(Event, EventAdmin)
 admin.site.register(Step, StepAdmin)
+# The admin index's entry to the Flow control page.
+admin.site.register(FlowState, FlowStateAdmin)
 
-__all__ = ["EventAdmin", "RunAdmin", "StepAdmin"]
+__all__ = ["EventAdmin", "FlowStateAdmin", "RunAdmin", "StepAdmin"]

@@ -26,6 +26,8 @@ STATUS_COLOURS = {
     "completed": ("#1f6b32", "#d9efdd"),
     "failed": ("#9b2218", "#f8d9d5"),
     "cancelled": ("#6d5526", "#f1e7d2"),
+    # Never started (a rate limit or a singleton said no): not an error.
+    "skipped": ("#5d4b7a", "#e9e4f1"),
 }
 
 

@@ -31,6 +31,8 @@ from .common import (
     status_badge,
 )
 from .family import fan_out_family
+from .flow_control import flow_control_view, skip_summary
+from .flow_text import line_counts, skip_reason
 from .waits import (
     WaitingForFilter,
     failure_handlers,
@@ -128,6 +130,8 @@ class RunAdmin(ReadOnlyAdmin):
                 # What a waiting run waits for, from its scheduled wait step.
                 waiting_event=wait_detail("event"),
                 waiting_child=wait_detail("child"),
+                # A run in a concurrency line: slots of its key in use, runs ahead of it.
+                **line_counts(),
             )
         return qs
 
@@ -149,7 +153,9 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, run: Run) -> SafeString:
-        return format_html("{}{}", status_badge(run.status), waiting_summary(run))
+        return format_html(
+            "{}{}{}", status_badge(run.status), waiting_summary(run), skip_summary(run)
+        )
 
     @admin.display(description="trigger event", ordering="event__name")
     def trigger_event(self, run: Run) -> SafeString:
@@ -174,6 +180,7 @@ class RunAdmin(ReadOnlyAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("compare/", wrap(self.compare_view), name="stepflows_run_compare"),
+            path("flow-control/", wrap(self.flow_control_view), name="stepflows_flow_control"),
             *super().get_urls(),
         ]
 
@@ -181,6 +188,9 @@ class RunAdmin(ReadOnlyAdmin):
         if not self.has_compare_permission(request):
             raise PermissionDenied
         return compare.compare_view(self, request)
+
+    def flow_control_view(self, request: HttpRequest) -> HttpResponse:
+        return flow_control_view(self, request)
 
     def change_view(
         self,
@@ -211,7 +221,9 @@ class RunAdmin(ReadOnlyAdmin):
             "duration": duration_text(run.duration),
             "payload": pretty_json(run.event.data),
             "output": pretty_json(run.output),
-            "error": run.error or None,
+            # A skipped run never started: its reason is not an error with a traceback.
+            "error": (run.error or None) if run.status != RunStatus.SKIPPED else None,
+            "skipped": skip_reason(run) if run.status == RunStatus.SKIPPED else "",
             "waiting": waiting_line(run, steps, children),
             "origin": origin_line(run),
             "failure_handlers": failure_handlers(run),

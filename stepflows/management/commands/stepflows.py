@@ -1,4 +1,4 @@
-"""`python manage.py stepflows <send|runs|retry|rerun|cancel|replay|recover|bench>`."""
+"""`python manage.py stepflows <send|runs|limits|retry|rerun|cancel|replay|recover|bench>`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import termcolors
 
 from ... import api
+from ...admin.flow_control import is_held, limits_table
+from ...admin.flow_text import hold_text, line_figures, skip_reason
 from ...exceptions import StepflowsError
 from ...models import Event, Run, RunStatus, Step, StepStatus, WaitKind
 from ...store.fence import worker_of
@@ -34,6 +37,10 @@ class Command(BaseCommand):
         runs.add_argument("--limit", type=int, default=20)
         runs.add_argument("--status", default=None)
         runs.add_argument("--workflow", default=None)
+        limits = sub.add_parser(
+            "limits", help="flow control: each workflow's limits, and per key what runs and waits"
+        )
+        limits.add_argument("--workflow", default=None, help="only this workflow")
         retry = sub.add_parser("retry", help="resume failed runs where they failed")
         retry.add_argument("run_ids", nargs="+", metavar="RUN_ID")
         rerun = sub.add_parser("rerun", help="start new runs of the same events, from the top")
@@ -85,14 +92,45 @@ class Command(BaseCommand):
         waits = _wait_details(
             [r.id for r in rows if r.status == RunStatus.WAITING and r.waiting_for]
         )
+        lines = line_figures(r.id for r in rows if is_held(r))
         self.stdout.write(
             f"{'run':36}  {'workflow':24} {'status':10} {'event':28} {'created':19}  now"
         )
         for run in rows:
+            now = _now_text(run, running.get(run.id, []), waits.get(run.id), lines.get(run.id))
             self.stdout.write(
-                f"{run.id!s:36}  {run.workflow_id[:24]:24} {run.status:10} "
-                f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}  "
-                f"{_now_text(run, running.get(run.id, []), waits.get(run.id))}"
+                f"{run.id!s:36}  {run.workflow_id[:24]:24} {self._status(run.status, 10)} "
+                f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}  {now}"
+            )
+
+    def _status(self, status: str, width: int) -> str:
+        """A status padded to ``width``, coloured like the admin's badges on a terminal."""
+        padding = " " * max(0, width - len(status))
+        # self.style colours nothing with --no-color or when the output is not a terminal.
+        if status not in STATUS_COLOURS or self.style.SUCCESS("x") == "x":
+            return status + padding
+        return termcolors.make_style(**STATUS_COLOURS[status])(status) + padding
+
+    def do_limits(self, workflow: str | None, **_: Any) -> None:
+        rows = limits_table(workflow)
+        if not rows:
+            if workflow:
+                raise CommandError(
+                    f"workflow {workflow!r} has no flow control (or is not registered), and "
+                    "no slots or held runs; `manage.py stepflows limits` lists those that do"
+                )
+            self.stdout.write("No registered workflow has flow control.")
+            return
+        self.stdout.write(
+            f"{'workflow':24} {'limit':16} {'key':24} {'running':>7} {'waiting':>7}  setting"
+        )
+        for row in rows:
+            key = row.key_text
+            running = "-" if row.running is None else str(row.running)
+            waiting = "-" if row.waiting is None else str(row.waiting)
+            self.stdout.write(
+                f"{row.workflow_id[:24]:24} {row.limit[:16]:16} {key[:24]:24} "
+                f"{running:>7} {waiting:>7}  {row.setting}"
             )
 
     # -- managing runs: the same verbs as the admin actions (stepflows.api) ------------
@@ -225,6 +263,17 @@ class Command(BaseCommand):
             raise CommandError(f"the bench failed (exit status {done.returncode})")
 
 
+#: Statuses on a terminal, in the colours of the admin's badges.
+STATUS_COLOURS: dict[str, dict[str, Any]] = {
+    "running": {"fg": "blue"},
+    "waiting": {"fg": "cyan"},
+    "completed": {"fg": "green"},
+    "failed": {"fg": "red", "opts": ("bold",)},
+    "cancelled": {"fg": "yellow"},
+    "skipped": {"fg": "magenta"},
+}
+
+
 def _running_steps(run_ids: list[Any]) -> dict[Any, list[tuple[str, str]]]:
     """For waiting runs: their parallel steps being executed, with the worker of each."""
     found: dict[Any, list[tuple[str, str]]] = {}
@@ -268,8 +317,18 @@ def _wait_text(run: Run, wait: dict[str, Any] | None) -> str:
     return f"waiting: {run.waiting_for}"
 
 
-def _now_text(run: Run, running: list[tuple[str, str]], wait: dict[str, Any] | None = None) -> str:
-    """What is happening to an active run right now, in a few words."""
+def _now_text(
+    run: Run,
+    running: list[tuple[str, str]],
+    wait: dict[str, Any] | None = None,
+    line: tuple[int, int] | None = None,
+) -> str:
+    """What is happening to an active run right now, in a few words; why a run was skipped."""
+    if run.status == RunStatus.SKIPPED:
+        return f"skipped: {skip_reason(run)}"
+    if is_held(run):
+        in_use, place = line or (None, None)
+        return f"waiting: {hold_text(run, in_use=in_use, place=place)}"
     if run.status == RunStatus.RUNNING and run.lease_owner:
         return f"executing on {worker_of(run.lease_owner)}"
     if running:
