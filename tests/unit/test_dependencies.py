@@ -19,6 +19,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "stepflows.clock": ("stepflows.",),
     "stepflows.conf": ("stepflows.",),
     "stepflows.events": ("stepflows.",),
+    "stepflows.flow": ("stepflows.",),
     "stepflows.serialization": (
         "stepflows.engine",
         "stepflows.store",
