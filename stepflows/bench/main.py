@@ -34,7 +34,10 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--throughput-runs", type=int, default=200)
     p.add_argument("--throughput-width", type=int, default=10)
     p.add_argument("--rss-runs", type=int, default=10_000)
-    p.add_argument("--sleep-runs", type=int, default=1000, help="runs sleeping 1 s at once")
+    p.add_argument("--sleep-runs", type=int, default=1000, help="runs that sleep 1 s")
+    p.add_argument(
+        "--sleep-in-flight", type=int, default=50, help="sleeping runs at a time (of --sleep-runs)"
+    )
     p.add_argument(
         "--wait-sizes", default="10,10000", help="runs left waiting while sends are timed"
     )
@@ -70,6 +73,7 @@ def options(args: argparse.Namespace) -> Any:
             20,
             batch=10,
             sleep_runs=20,
+            sleep_in_flight=20,
             wait_sizes=[10, 200],
             wait_sends=20,
             invoke_steps=5,
@@ -83,6 +87,7 @@ def options(args: argparse.Namespace) -> Any:
         args.throughput_width,
         args.rss_runs,
         sleep_runs=args.sleep_runs,
+        sleep_in_flight=args.sleep_in_flight,
         wait_sizes=ints(args.wait_sizes),
         wait_sends=args.wait_sends,
         invoke_steps=args.invoke_steps,

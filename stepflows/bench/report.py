@@ -79,8 +79,11 @@ def table(meta: dict[str, Any], res: Results) -> str:
         )
     if res.sleep:
         s = res.sleep
-        label = f"sleep wake lag N={s['runs']:.0f} (ms, p50)"
-        out.append(f"{label:34} {'-':>20} {s['p50_ms']:>14.1f} {'':>7}  (p99: {s['p99_ms']:.1f})")
+        label = f"sleep lag N={s['runs']:.0f} (ms, p50)"
+        out.append(
+            f"{label:34} {'-':>20} {s['p50_ms']:>14.1f} {'':>7}  "
+            f"(p99: {s['p99_ms']:.1f}; {s['in_flight']:.0f} runs at a time)"
+        )
     for w, v in res.wait.items():
         out.append(
             f"{f'wait, {w} waiting (ms/send)':34} {'-':>20} {v['mean_ms']:>14.3f} "

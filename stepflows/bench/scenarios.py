@@ -41,6 +41,7 @@ class Options:
     rss_runs: int
     batch: int = 500
     sleep_runs: int = 1000
+    sleep_in_flight: int = 50
     wait_sizes: list[int] = field(default_factory=lambda: [10, 10_000])
     wait_sends: int = 200
     invoke_steps: int = 50

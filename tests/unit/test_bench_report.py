@@ -1,0 +1,97 @@
+"""The bench's options and output, without running it (no workers, no database)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stepflows.bench import main, report
+from stepflows.bench.scenarios import Results
+from stepflows.bench.waits import percentile
+
+META = {
+    "backend": "sqlite+filesystem",
+    "date": "2026-11-27 12:00:00 UTC",
+    "load_before": "0.1 0.1 0.1",
+    "load_after": "1.0 1.0 1.0",
+    "cpus": 2,
+    "workers": 2,
+    "repeats": 5,
+}
+
+
+def waits_results() -> Results:
+    res = Results()
+    res.sleep = {
+        "runs": 1000,
+        "in_flight": 50,
+        "sleep_s": 1,
+        "p50_ms": 12.34,
+        "p99_ms": 80.0,
+        "min_ms": 2.0,
+        "max_ms": 95.0,
+        "wall_s": 14.2,
+    }
+    res.wait = {
+        10: {"sends": 200, "mean_ms": 1.5, "p50_ms": 1.4, "p99_ms": 3.0, "setup_s": 0.3},
+        10_000: {"sends": 200, "mean_ms": 1.6, "p50_ms": 1.5, "p99_ms": 3.1, "setup_s": 60.0},
+    }
+    res.invoke = {
+        "n": 50,
+        "ms_per_invoke": 21.5,
+        "ms_per_inline_step": 1.25,
+        "overhead_ms": 20.25,
+    }
+    return res
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile(list(reversed(values)), 1.0) == 100.0
+
+
+def test_scenarios_run_in_a_fixed_order_and_unknown_names_are_refused():
+    assert main.chosen_scenarios("invoke, sleep,parallel") == ["parallel", "sleep", "invoke"]
+    assert main.chosen_scenarios(",".join(main.SCENARIOS)) == list(main.SCENARIOS)
+    with pytest.raises(SystemExit, match="unknown scenario"):
+        main.chosen_scenarios("sleep,sleep_wake_lag_ms")
+
+
+def test_the_default_run_includes_the_waits_and_quick_keeps_them_tiny():
+    defaults = main.parser().parse_args([])
+    assert main.chosen_scenarios(defaults.scenarios) == list(main.SCENARIOS)
+    full = main.options(defaults)
+    assert (full.sleep_runs, full.wait_sizes, full.invoke_steps) == (1000, [10, 10_000], 50)
+    quick = main.options(main.parser().parse_args(["--quick"]))
+    assert (quick.sleep_runs, quick.wait_sizes, quick.invoke_steps) == (20, [10, 200], 5)
+    assert (full.sleep_in_flight, quick.sleep_in_flight) == (50, 20)
+    argv = ["--sleep-runs", "5", "--wait-sizes", "1,2", "--invoke-steps", "3"]
+    sized = main.options(main.parser().parse_args(argv))
+    assert (sized.sleep_runs, sized.wait_sizes, sized.invoke_steps) == (5, [1, 2], 3)
+
+
+def test_json_line_has_the_wait_figures():
+    line = json.loads(json.dumps(report.summary(META, waits_results())))
+    assert line["sleep_wake_lag_ms"] == {"p50": 12.3, "p99": 80.0}
+    assert line["wait_match_ms_per_send"] == {"10": 1.5, "10000": 1.6}
+    assert line["invoke_overhead_ms"] == 20.25
+    assert line["details"]["invoke_ms"]["ms_per_invoke"] == 21.5
+    assert line["details"]["wait_match"]["10000"]["sends"] == 200
+
+
+def test_json_line_without_the_wait_scenarios():
+    line = report.summary(META, Results())
+    assert line["sleep_wake_lag_ms"] is None
+    assert line["wait_match_ms_per_send"] == {}
+    assert line["invoke_overhead_ms"] is None
+
+
+def test_table_has_one_line_per_wait_figure():
+    text = report.table(META, waits_results())
+    assert "sleep lag N=1000 (ms, p50)" in text and "(p99: 80.0; 50 runs at a time)" in text
+    assert "wait, 10 waiting (ms/send)" in text and "wait, 10000 waiting (ms/send)" in text
+    assert "invoke N=50 (ms/invoke)" in text and "overhead: 20.250" in text
