@@ -215,8 +215,12 @@ def release_held(now: datetime, limit: int = 1000) -> int:
     started = 0
     for run_id in ids:
         with transaction.atomic():
+            # Due still: a debounce may have moved the time on since the query.
             done = Run.objects.filter(
-                id=run_id, status=RunStatus.QUEUED, waiting_for__in=HELD_AT_SEND
+                id=run_id,
+                status=RunStatus.QUEUED,
+                waiting_for__in=HELD_AT_SEND,
+                wait_until__lte=now,
             ).update(waiting_for="", wait_until=None, progress_at=now)
             if done:
                 after_commit([dispatch.execute_run(run_id)])

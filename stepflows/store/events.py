@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from django.db import IntegrityError, transaction
 
-from .. import dispatch
+from .. import clock, dispatch
 from ..models import Event, Run
 from .waits import share_names_and_find
 
@@ -110,13 +110,29 @@ def create_runs(runs: Sequence[Run]) -> None:
     # publish all-or-nothing, and a savepoint would cost each send a round trip.
     with transaction.atomic(savepoint=False):
         Run.objects.bulk_create(runs)
-        run_ids = [r.pk for r in runs if r.status == "queued" and not r.waiting_for]
-        if not run_ids:
+        messages = [
+            dispatch.execute_run(r.pk) for r in runs if r.status == "queued" and not r.waiting_for
+        ]
+        messages += _throttled_soon(runs)
+        if not messages:
             return
-        transaction.on_commit(
-            lambda: dispatch.publish([dispatch.execute_run(rid) for rid in run_ids]),
-            robust=True,
-        )
+        transaction.on_commit(lambda: dispatch.publish(messages), robust=True)
+
+
+# A throttled run due within this many seconds also gets a countdown message, so
+# it starts on time rather than at the next sweep (which starts it otherwise).
+THROTTLE_COUNTDOWN = 60.0
+
+
+def _throttled_soon(runs: Sequence[Run]) -> list[dispatch.Message]:
+    now = clock.now()
+    messages = []
+    for r in runs:
+        if r.waiting_for == "throttle" and r.wait_until is not None:
+            wait = (r.wait_until - now).total_seconds()
+            if wait <= THROTTLE_COUNTDOWN:
+                messages.append(dispatch.execute_run(r.pk, countdown=max(wait, 0.0)))
+    return messages
 
 
 def start_failure_handler(
