@@ -26,7 +26,7 @@ from .registry import Workflow, registry
 from .serialization import to_json
 from .store import runs as run_store
 from .store import waits
-from .store.events import store_events
+from .store.events import insert_run, store_events
 
 EventLike = Event | dict[str, Any]
 
@@ -215,14 +215,24 @@ def admit(e: Prepared, run: Any) -> Any:
     one); a debounce or a batch folds the event into its pending run; a
     throttle holds it until its turn. Runs in the transaction storing the event.
     """
-    from .flow import key_of, seconds
-    from .models import WaitKind
-    from .store import admission
-
     workflow = registry.get(run.workflow_id)
     flow = workflow.flow
     if not flow.at_send:
         return run
+    decided = _decide(workflow, e, run)
+    if decided is not None:
+        # Stored now, not with the other runs of this send: a later event of the
+        # same send must find it (a debounce or a batch collecting into it).
+        insert_run(decided)
+    return decided
+
+
+def _decide(workflow: Workflow, e: Prepared, run: Any) -> Any:
+    from .flow import key_of, seconds
+    from .models import WaitKind
+    from .store import admission
+
+    flow = workflow.flow
     event = Event(name=e.name, data=e.data, id=e.id, ts=e.ts)
 
     def key(arg: Any, what: str) -> str:

@@ -78,3 +78,17 @@ def book_revenue(charge: Charge) -> Revenue:
         currency=charge.currency.upper(),
         booked_at=datetime.now(UTC),
     )
+
+
+#: How long push_to_crm takes: long enough to see a customer's other updates wait.
+CRM_SECONDS = 6
+
+
+def push_to_crm(customer: dict) -> dict:
+    """A slow call to a CRM that takes one update per customer at a time."""
+    time.sleep(CRM_SECONDS)
+    return {"customer_id": customer["customer_id"], "synced": customer.get("change", "")}
+
+
+def rebuild_search_index(catalog: str, last_change: dict) -> dict:
+    return {"catalog": catalog, "rebuilt_after": last_change.get("sku", "")}

@@ -1,4 +1,5 @@
-"""Demo workflows: sequential and parallel steps, chunked work, fan-out, a sleep, a wait."""
+"""Demo workflows: sequential and parallel steps, chunked work, fan-out, a sleep, a wait,
+and flow control (one run per customer at a time, a debounced rebuild)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,33 @@ def await_payment(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
         step.run("cancel-order", steps.cancel_order, order)
         return {"order_id": order["order_id"], "invoice": invoice, "paid": False}
     return {"order_id": order["order_id"], "invoice": invoice, "paid": True, "payment": paid.id}
+
+
+@stepflows.workflow(
+    id="sync-customer",
+    trigger="crm/customer.updated",
+    concurrency=stepflows.Concurrency(1, key="data.customer_id"),
+)
+def sync_customer(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """Push a customer's change to the CRM, one run per customer at a time.
+
+    Updates of one customer wait in line, in the database, while its run
+    holds the slot (admin shows "waiting: slot for key data.customer_id = 7");
+    other customers' runs go on beside it.
+    """
+    return step.run("push-to-crm", steps.push_to_crm, ctx.event.data)
+
+
+@stepflows.workflow(
+    id="rebuild-search-index",
+    trigger="catalog/product.updated",
+    debounce=stepflows.Debounce(5, key="data.catalog", timeout=timedelta(minutes=1)),
+)
+def rebuild_search_index(ctx: stepflows.Context, step: stepflows.StepSync) -> dict:
+    """Rebuild a catalog's search index once a burst of product updates is over.
+
+    A burst of updates starts one run, 5 s after the last one (at most a
+    minute after the first), with the last update as its event.
+    """
+    change = ctx.event.data
+    return step.run("rebuild-index", steps.rebuild_search_index, change["catalog"], change)

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 SIZES = [10, 100, 1000]
-SCENARIOS = ("parallel", "sequential", "throughput", "memory", "sleep", "wait", "invoke")
+SCENARIOS = (
+    "parallel",
+    "sequential",
+    "throughput",
+    "memory",
+    "sleep",
+    "wait",
+    "invoke",
+    "concurrency",
+    "handoff",
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +53,15 @@ def add_arguments(p: Any) -> None:
     )
     p.add_argument("--wait-sends", type=int, default=200, help="timed sends per wait size")
     p.add_argument("--invoke-steps", type=int, default=50, help="invokes (and inline steps)")
+    p.add_argument(
+        "--concurrency-runs",
+        type=int,
+        default=200,
+        help="10-step runs with a concurrency limit (and without)",
+    )
+    p.add_argument(
+        "--handoff-runs", type=int, default=100, help="runs of a workflow limited to one at a time"
+    )
     p.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
@@ -77,6 +96,8 @@ def options(args: argparse.Namespace) -> Any:
             wait_sizes=[10, 200],
             wait_sends=20,
             invoke_steps=5,
+            concurrency_runs=20,
+            handoff_runs=10,
         )
     return Options(
         ints(args.parallel_sizes),
@@ -91,6 +112,8 @@ def options(args: argparse.Namespace) -> Any:
         wait_sizes=ints(args.wait_sizes),
         wait_sends=args.wait_sends,
         invoke_steps=args.invoke_steps,
+        concurrency_runs=args.concurrency_runs,
+        handoff_runs=args.handoff_runs,
     )
 
 
@@ -137,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from stepflows.testing import CeleryWorker
 
-    from . import report, scenarios, waits
+    from . import flow, report, scenarios, waits
 
     opts = options(args)
     call_command("migrate", verbosity=0)
@@ -180,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             waits.wait(opts, res, log)
         if "invoke" in chosen:
             waits.invoke(opts, res, log)
+        if "concurrency" in chosen:
+            flow.concurrency(opts, res, log)
+        if "handoff" in chosen:
+            flow.handoff(opts, res, log)
     scenarios.cleanup()
     meta = {
         "backend": backend_name(),

@@ -27,6 +27,20 @@ def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
         ),
         "wait_match_ms_per_send": {str(w): _r(v["mean_ms"], 3) for w, v in res.wait.items()},
         "invoke_overhead_ms": _r(res.invoke["overhead_ms"], 3) if res.invoke else None,
+        "concurrency_overhead": (
+            {
+                "unlimited_runs_per_s": _r(c["unlimited_runs_per_s"]),
+                "limited_runs_per_s": _r(c["limited_runs_per_s"]),
+                "ratio": _r(c["ratio"], 3),
+            }
+            if (c := res.concurrency)
+            else None
+        ),
+        "slot_handoff_ms": (
+            {"p50": _r(res.handoff["p50_ms"], 1), "p99": _r(res.handoff["p99_ms"], 1)}
+            if res.handoff
+            else None
+        ),
         "details": {
             "parallel_s": {
                 str(n): {"chord": _r(v["chord_s"], 4), "stepflows": _r(v["stepflows_s"], 4)}
@@ -42,6 +56,8 @@ def summary(meta: dict[str, Any], res: Results) -> dict[str, Any]:
                 str(w): {k: _r(x, 3) for k, x in v.items()} for w, v in res.wait.items()
             },
             "invoke_ms": {k: _r(v, 3) for k, v in res.invoke.items()},
+            "concurrency": {k: _r(v, 3) for k, v in res.concurrency.items()},
+            "handoff": {k: _r(v, 3) for k, v in res.handoff.items()},
             **meta,
         },
     }
@@ -96,5 +112,19 @@ def table(meta: dict[str, Any], res: Results) -> str:
             f"{label:34} {'-':>20} {i['ms_per_invoke']:>14.3f} "
             f"{'':>7}  (inline step: {i['ms_per_inline_step']:.3f}, "
             f"overhead: {i['overhead_ms']:.3f})"
+        )
+    if res.concurrency:
+        c = res.concurrency
+        label = f"concurrency limit R={c['runs']:.0f} (runs/s)"
+        out.append(
+            f"{label:34} {c['unlimited_runs_per_s']:>20.1f} {c['limited_runs_per_s']:>14.1f} "
+            f"{c['ratio']:>7.2f}  (floor: the same {c['width']:.0f}-step runs, no limit)"
+        )
+    if res.handoff:
+        h = res.handoff
+        label = f"slot hand-over N={h['runs']:.0f} (ms, p50)"
+        out.append(
+            f"{label:34} {'-':>20} {h['p50_ms']:>14.1f} {'':>7}  "
+            f"(p99: {h['p99_ms']:.1f}; run end to next run's step)"
         )
     return "\n".join(out)

@@ -1,6 +1,7 @@
 """Parallel, sequential, throughput, memory: stepflows next to raw Celery in the same run.
 
-The durable waits (sleep, wait for an event, invoke) are measured in :mod:`.waits`.
+The durable waits (sleep, wait for an event, invoke) are measured in :mod:`.waits`,
+flow control (a concurrency limit's cost, a slot's hand-over) in :mod:`.flow`.
 
 Timings go from the moment the bench sends work (``stepflows.send`` / publishing
 the chord) to the moment the database says it is done (run finished / chord
@@ -45,6 +46,8 @@ class Options:
     wait_sizes: list[int] = field(default_factory=lambda: [10, 10_000])
     wait_sends: int = 200
     invoke_steps: int = 50
+    concurrency_runs: int = 200
+    handoff_runs: int = 100
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Results:
     sleep: dict[str, float] = field(default_factory=dict)
     wait: dict[int, dict[str, float]] = field(default_factory=dict)
     invoke: dict[str, float] = field(default_factory=dict)
+    concurrency: dict[str, float] = field(default_factory=dict)
+    handoff: dict[str, float] = field(default_factory=dict)
 
 
 def median(values: list[float]) -> float:

@@ -7,6 +7,7 @@ around user code, not the code.
 from __future__ import annotations
 
 import functools
+import time
 
 from celery import shared_task
 
@@ -83,3 +84,44 @@ def bench_invoke(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
     for i in range(n):
         step.invoke("child", workflow=bench_child, data={"i": i})
     return n
+
+
+# -- flow control ---------------------------------------------------------------------
+
+
+@stepflows.workflow(
+    id="bench-parallel-limited",
+    trigger="bench/parallel-limited",
+    retries=0,
+    concurrency=[stepflows.Concurrency(1000, key="data.tenant")],
+)
+def bench_parallel_limited(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """bench-parallel under a concurrency limit no run reaches: what taking a slot costs."""
+    return bench_parallel(ctx, step)
+
+
+def hold_slot(line: int, timeout: float = 30.0) -> int:
+    """Until ``line`` bench-handoff runs wait in line (or ``timeout`` s): the runs queue up
+    behind the run holding the slot, so every start after it is a hand-over."""
+    from stepflows.models import Run, RunStatus, WaitKind
+
+    if not line:
+        return 0
+    waiting = Run.objects.filter(
+        workflow_id="bench-handoff", status=RunStatus.QUEUED, waiting_for=WaitKind.CONCURRENCY
+    )
+    deadline = time.monotonic() + timeout
+    while waiting.count() < line and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return waiting.count()
+
+
+@stepflows.workflow(
+    id="bench-handoff",
+    trigger="bench/handoff",
+    retries=0,
+    concurrency=stepflows.Concurrency(1),
+)
+def bench_handoff(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """One step, one run at a time. The first run holds its slot until the others are in line."""
+    return int(step.run("noop", hold_slot, ctx.event.data.get("line", 0)))

@@ -11,6 +11,7 @@ from .. import clock
 from ..conf import get_settings
 from ..events import Event
 from ..exceptions import (
+    ConfigurationError,
     LimitExceededError,
     NonDeterminismError,
     NonRetriableError,
@@ -144,13 +145,26 @@ def _slots(inv: Invocation) -> bool:
         if not isinstance(event.data, BaseModel)
         else event.model_copy(update={"data": event.data.model_dump(mode="json")})
     )
-    keys = [
-        (f"{i}:{key_of(c.key, plain)}"[:255], c.limit)
-        for i, c in enumerate(inv.workflow.flow.concurrency)
-    ]
     run = inv.run
+    try:
+        keys = [
+            (f"{i}:{key_of(c.key, plain)}"[:255], c.limit)
+            for i, c in enumerate(inv.workflow.flow.concurrency)
+        ]
+    except Exception as exc:
+        bad = ConfigurationError(
+            f"{inv.where()}: the key function of its concurrency limit raised "
+            f"{type(exc).__name__}: {exc}"
+        )
+        _end(inv, RunStatus.FAILED, error=error_dict(bad))
+        return False
     return admission.take_slots(
-        run.id, inv.token, inv.workflow.id, keys, run.priority_at or run.created_at
+        run.id,
+        inv.token,
+        inv.workflow.id,
+        keys,
+        run.priority_at or run.created_at,
+        first_claim=run.started_at == run.progress_at,
     )
 
 

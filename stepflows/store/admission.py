@@ -237,6 +237,7 @@ def take_slots(
     workflow_id: str,
     keys: list[tuple[str, int]],
     priority_at: datetime,
+    first_claim: bool = False,
 ) -> bool:
     """Hold one slot per (key, limit) for the run this token holds; True when it may run.
 
@@ -244,6 +245,8 @@ def take_slots(
     recovery resumed it) keeps it. When a key is full, or other runs are in
     line for it, the run gives back the slots it has, and waits in line
     (queued, ``waiting_for="concurrency"``), released by this transaction.
+    ``first_claim``: the run had not started before; in line it is not started
+    yet either (its ``started_at`` is cleared).
     """
     with transaction.atomic():
         ordered = sorted(keys)
@@ -276,7 +279,9 @@ def take_slots(
                 ]
             )
             return True
+        not_started: dict[str, Any] = {"started_at": None} if first_claim else {}
         waiting = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+            **not_started,
             status=RunStatus.QUEUED,
             waiting_for=WaitKind.CONCURRENCY,
             flow_key=blocked,

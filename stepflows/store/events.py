@@ -98,6 +98,11 @@ def _insert(
     return [e.id for e in events]
 
 
+def insert_run(run: Run) -> None:
+    """Store one run now (flow control decided on it); ``create_runs`` publishes it."""
+    run.save(force_insert=True)
+
+
 def create_runs(runs: Sequence[Run]) -> None:
     """Insert unsaved ``runs`` and publish an invocation of each after commit.
 
@@ -109,7 +114,8 @@ def create_runs(runs: Sequence[Run]) -> None:
     # No savepoint of its own: a caller's transaction already makes rows and
     # publish all-or-nothing, and a savepoint would cost each send a round trip.
     with transaction.atomic(savepoint=False):
-        Run.objects.bulk_create(runs)
+        # A run flow control decided on is stored already (see sending.admit).
+        Run.objects.bulk_create([r for r in runs if r._state.adding])
         messages = [
             dispatch.execute_run(r.pk) for r in runs if r.status == "queued" and not r.waiting_for
         ]

@@ -95,3 +95,87 @@ def test_table_has_one_line_per_wait_figure():
     assert "sleep lag N=1000 (ms, p50)" in text and "(p99: 80.0; 50 runs at a time)" in text
     assert "wait, 10 waiting (ms/send)" in text and "wait, 10000 waiting (ms/send)" in text
     assert "invoke N=50 (ms/invoke)" in text and "overhead: 20.250" in text
+
+
+def flow_results() -> Results:
+    res = Results()
+    res.concurrency = {
+        "runs": 200,
+        "width": 10,
+        "unlimited_runs_per_s": 9.5,
+        "limited_runs_per_s": 9.1,
+        "ratio": 9.1 / 9.5,
+    }
+    res.handoff = {
+        "runs": 100,
+        "in_line": 100,
+        "p50_ms": 11.26,
+        "p99_ms": 30.0,
+        "min_ms": 8.0,
+        "max_ms": 31.0,
+        "wall_s": 1.5,
+    }
+    return res
+
+
+def test_flow_scenarios_are_in_the_default_run_and_quick_keeps_them_tiny():
+    assert main.SCENARIOS[-2:] == ("concurrency", "handoff")
+    assert main.chosen_scenarios("handoff,concurrency,parallel") == [
+        "parallel",
+        "concurrency",
+        "handoff",
+    ]
+    full = main.options(main.parser().parse_args([]))
+    assert (full.concurrency_runs, full.handoff_runs) == (200, 100)
+    quick = main.options(main.parser().parse_args(["--quick"]))
+    assert (quick.concurrency_runs, quick.handoff_runs) == (20, 10)
+    argv = ["--concurrency-runs", "7", "--handoff-runs", "3"]
+    sized = main.options(main.parser().parse_args(argv))
+    assert (sized.concurrency_runs, sized.handoff_runs) == (7, 3)
+
+
+def test_bench_command_passes_the_flow_options_on(monkeypatch, tmp_path):
+    """``manage.py stepflows bench`` forwards the options it names to the bench process."""
+    from types import SimpleNamespace
+
+    from stepflows.management.commands import stepflows as command
+
+    calls = []
+    monkeypatch.setenv("STEPFLOWS_BENCH_DIR", str(tmp_path / "bench"))
+    monkeypatch.setattr(
+        command.subprocess,
+        "run",
+        lambda argv, **kw: calls.append(argv) or SimpleNamespace(returncode=0),
+    )
+    options = vars(main.parser().parse_args(["--concurrency-runs", "7", "--handoff-runs", "3"]))
+    command.Command().do_bench(**options)
+    [argv] = calls
+    assert argv[argv.index("--concurrency-runs") + 1] == "7"
+    assert argv[argv.index("--handoff-runs") + 1] == "3"
+
+
+def test_json_line_has_the_flow_figures():
+    line = json.loads(json.dumps(report.summary(META, flow_results())))
+    assert line["concurrency_overhead"] == {
+        "unlimited_runs_per_s": 9.5,
+        "limited_runs_per_s": 9.1,
+        "ratio": 0.958,
+    }
+    assert line["slot_handoff_ms"] == {"p50": 11.3, "p99": 30.0}
+    assert line["details"]["concurrency"]["runs"] == 200
+    assert line["details"]["handoff"]["in_line"] == 100
+
+
+def test_json_line_without_the_flow_scenarios():
+    line = report.summary(META, waits_results())
+    assert line["concurrency_overhead"] is None
+    assert line["slot_handoff_ms"] is None
+    assert line["details"]["concurrency"] == {} and line["details"]["handoff"] == {}
+
+
+def test_table_has_one_line_per_flow_figure():
+    text = report.table(META, flow_results())
+    row = next(r for r in text.splitlines() if r.startswith("concurrency limit R=200 (runs/s)"))
+    assert row.split()[4:7] == ["9.5", "9.1", "0.96"]
+    assert "slot hand-over N=100 (ms, p50)" in text and "(p99: 30.0;" in text
+    assert "concurrency limit" not in report.table(META, waits_results())

@@ -216,3 +216,23 @@ def test_cancel_frees_the_slot_for_the_next_in_line(key):
         driver.run_until_idle()
         second.refresh_from_db()
     assert second.status == RunStatus.COMPLETED
+
+
+def test_events_of_one_send_debounce_and_batch_together(key):
+    ids = stepflows.send(
+        [{"name": "test/fip-debounced", "data": {"k": key, "n": n}} for n in range(5)]
+    )
+    assert Run.objects.filter(event_id__in=ids, workflow_id="fip-debounced").count() == 1
+    ids = stepflows.send([{"name": "test/fip-batch", "data": {"k": key, "n": n}} for n in range(3)])
+    [run] = Run.objects.filter(workflow_id="fip-batch", event_id__in=ids)
+    assert run.batch == ids and run.waiting_for == ""
+
+
+def test_a_run_in_line_has_not_started(key):
+    with InProcess() as driver:
+        send("test/fip-limited", customer=key, n=1)
+        second = send("test/fip-limited", customer=key, n=2)
+        first_invocations(driver, 2)
+        second.refresh_from_db()
+        assert second.waiting_for == "concurrency" and second.started_at is None
+        driver.run_until_idle()

@@ -242,6 +242,8 @@ class Command(BaseCommand):
             "wait_sizes",
             "wait_sends",
             "invoke_steps",
+            "concurrency_runs",
+            "handoff_runs",
             "scenarios",
             "concurrency",
             "celery_app",

@@ -2,7 +2,9 @@
 
 Migrates, creates a demo admin login, starts a Celery worker and the dev
 server, sends sample events, prints the admin URL, and stops it all on Ctrl-C.
-One sample run waits for an event; the printed command sends it.
+One sample run waits for an event; the printed command sends it. Flow control:
+three updates of one customer wait in line for its one slot, and a burst of
+catalog updates starts one debounced run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ PAY_COMMAND = (
     ".venv/bin/python manage.py stepflows send shop/order.paid "
     f'--data \'{{"order_id": {UNPAID_ORDER}, "items": []}}\''
 )
+
+# sync-customer runs one run per customer at a time: this customer's updates wait in line.
+BUSY_CUSTOMER = 7
+CUSTOMER_COMMAND = (
+    ".venv/bin/python manage.py stepflows send crm/customer.updated "
+    f'--data \'{{"customer_id": {BUSY_CUSTOMER}, "change": "phone"}}\''
+)
+LIMITS_COMMAND = ".venv/bin/python manage.py stepflows limits"
 
 SAMPLE_TEXT = (
     "Durable workflows keep long jobs alive across crashes. Each step runs once and its "
@@ -86,6 +96,10 @@ class Command(BaseCommand):
                     f"  Worker log: {worker.logfile}\n"
                     f"  Order {UNPAID_ORDER} waits for its payment (10 minutes); pay it with:\n"
                     f"    {PAY_COMMAND}\n"
+                    f"  Flow control: http://127.0.0.1:{port}/admin/stepflows/run/flow-control/\n"
+                    f"    customer {BUSY_CUSTOMER}'s updates run one at a time; queue one more "
+                    f"with\n    {CUSTOMER_COMMAND}\n"
+                    f"    and list what runs and waits per key with\n    {LIMITS_COMMAND}\n"
                     "Press Ctrl-C to stop.\n"
                 )
             )
@@ -120,8 +134,24 @@ class Command(BaseCommand):
                     name="shop/order.created",
                     data={"order_id": UNPAID_ORDER, "items": [{"sku": "mug", "price": 9}]},
                 ),
+                # sync-customer: one run per customer at a time. Customer 7's second and
+                # third updates wait in line while its first is pushed; customer 8's goes on.
+                *[
+                    stepflows.Event(
+                        name="crm/customer.updated",
+                        data={"customer_id": BUSY_CUSTOMER, "change": change},
+                    )
+                    for change in ("email", "address", "vat-number")
+                ],
+                stepflows.Event(
+                    name="crm/customer.updated", data={"customer_id": 8, "change": "email"}
+                ),
             ]
         )
+        # rebuild-search-index is debounced per catalog: four updates, sent one by one as
+        # separate edits would be, start one run.
+        for sku in ("sencha", "assam", "rooibos", "earl-grey"):
+            ids += stepflows.send("catalog/product.updated", data={"catalog": "tea", "sku": sku})
         self.stdout.write(f"Sent {len(ids)} sample events: {', '.join(ids)}")
         self.stdout.write(
             "  stripe/charge.created starts post-payment-flow and record-revenue;\n"
@@ -129,7 +159,12 @@ class Command(BaseCommand):
             "  summarize-text-fanout (one summarize-chunk run per chunk);\n"
             "  app/user.signed_up starts signup-reminder, which sleeps 10 s between two emails;\n"
             f"  shop/order.created starts await-payment, which waits for order {UNPAID_ORDER}'s\n"
-            "  shop/order.paid event."
+            "  shop/order.paid event;\n"
+            "  crm/customer.updated starts sync-customer, one run per customer at a time:\n"
+            f"  customer {BUSY_CUSTOMER}'s three updates run one after the other (the others wait\n"
+            "  in line, in the database), customer 8's beside them;\n"
+            "  catalog/product.updated starts rebuild-search-index, debounced 5 s per catalog:\n"
+            "  four updates of catalog tea start one run, with the last update."
         )
         return ids
 
