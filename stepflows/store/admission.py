@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from .. import dispatch
 from ..models import (
@@ -32,7 +32,7 @@ from ..models import (
     Slot,
     WaitKind,
 )
-from .fence import after_commit
+from .fence import after_commit, hold_name
 
 # Advisory-lock namespace of flow-control keys (store.waits uses another).
 LOCK_NAMESPACE = 0x5F20
@@ -41,12 +41,7 @@ HELD_AT_SEND = (WaitKind.THROTTLE, WaitKind.DEBOUNCE, WaitKind.BATCH)
 
 def lock(workflow_id: str, kind: str, key: str) -> None:
     """Hold (workflow, kind, key) until the transaction ends."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                [LOCK_NAMESPACE, f"{workflow_id}\x1f{kind}\x1f{key}"],
-            )
+    hold_name(LOCK_NAMESPACE, f"{workflow_id}\x1f{kind}\x1f{key}")
 
 
 def _state(workflow_id: str, kind: str, key: str) -> FlowState:

@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Iterable
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from .. import dispatch
 
@@ -47,3 +47,14 @@ def after_commit(messages: Iterable[dispatch.Message]) -> None:
     batch = list(messages)
     if batch:
         transaction.on_commit(lambda: dispatch.publish(batch), robust=True)
+
+
+def hold_name(namespace: int, name: str) -> None:
+    """Hold ``name`` exclusively until the transaction ends (PostgreSQL: an advisory lock).
+
+    On SQLite there is nothing to take: the project's immediate transactions
+    already run one writer at a time.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [namespace, name])

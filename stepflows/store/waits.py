@@ -39,7 +39,7 @@ from ..models import (
     StepStatus,
     Waiter,
 )
-from .fence import after_commit
+from .fence import after_commit, hold_name
 from .records import StepRecord
 
 logger = logging.getLogger("stepflows.store")
@@ -120,9 +120,7 @@ def database_now() -> datetime:
 
 def lock_event_name(name: str) -> None:
     """Registration: hold event name ``name`` exclusively until the transaction ends."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOCK_NAMESPACE, name])
+    hold_name(LOCK_NAMESPACE, name)
 
 
 def share_names_and_find(names: Iterable[str], event_ids: list[str]) -> set[str]:

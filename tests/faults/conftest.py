@@ -147,6 +147,18 @@ class FaultKit:
             worker.kill()
 
 
+def wait_until(check: Any, what: str, timeout: float = 60) -> Any:
+    """Poll ``check()`` every 50 ms until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(0.05)
+
+
 def wait_for_marks(key: str, n: int = 1, timeout: float = 120) -> list[list[str]]:
     """Wait until ``key`` was marked n times; return the marks (pid, time, note)."""
     from tests.testapp.marks import lines

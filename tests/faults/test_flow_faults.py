@@ -23,21 +23,13 @@ from stepflows.models import Event, FlowState, Run, RunStatus, Slot, Step
 from stepflows.registry import registry
 from stepflows.store.waits import database_now
 from stepflows.testing import wait_for_runs
-from tests.faults.conftest import record_figures, wait_for_marks
+from tests.faults.conftest import record_figures, wait_for_marks, wait_until
 from tests.testapp.flows import flow
 from tests.testapp.marks import lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CRON_ENV = {"STEPFLOWS_TEST_FLOW_CRON": "1"}
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout} s")
-        time.sleep(0.05)
 
 
 # -- a worker killed while its run holds a slot ----------------------------------------------

@@ -23,7 +23,7 @@ import stepflows
 from stepflows import dispatch
 from stepflows.models import Run, RunStatus, Step, StepStatus, Waiter
 from stepflows.testing import runs_for
-from tests.faults.conftest import FAULT_QUEUE, record_figures
+from tests.faults.conftest import FAULT_QUEUE, record_figures, wait_until
 from tests.testapp.flows.waits import SIGNAL
 from tests.testapp.marks import count, lines
 
@@ -36,17 +36,6 @@ SWEEPING = {
     "STEPFLOWS_RECOVERY_INTERVAL": SWEEP_INTERVAL,
 }
 RACE_RUNS = 200
-
-
-def wait_until(check: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout}s")
-        time.sleep(0.05)
 
 
 def sleeping(run_id: str, timeout: float = 60) -> Run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ import stepflows
 from stepflows import api
 from stepflows.models import Run, RunStatus, Step, StepStatus, Waiter
 from stepflows.testing import runs_for, wait_for_run, wait_for_runs
-from tests.faults.conftest import wait_for_marks
+from tests.faults.conftest import wait_for_marks, wait_until
 from tests.testapp.flows.waits import CANCEL, OFFER, SIGNAL
 from tests.testapp.marks import count
 
@@ -88,17 +88,6 @@ def start(name: str, data: dict[str, Any]) -> str:
 def send(name: str, data: dict[str, Any]) -> str:
     [event_id] = stepflows.send(name, data=data)
     return event_id
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout}s")
-        time.sleep(0.05)
 
 
 def waiting(run_id: str, kind: str, timeout: float = 60) -> Run:

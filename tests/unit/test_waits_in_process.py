@@ -275,3 +275,21 @@ def test_a_duplicate_wake_up_does_nothing(key: str) -> None:
         dispatch.publish([dispatch.execute_run(run.id, wake=run.wake)] * 2)
         driver.run_until_idle()
     assert calls[f"{key}-after"] == 1 and calls[f"{key}-before"] == 1
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("in-parallel", "step.sleep cannot run inside step.parallel"),
+        ("unknown-workflow", "no workflow is registered with id 'no-such-workflow'"),
+        ("missing-field", "the run's trigger event has no field 'data.order' to match"),
+    ],
+)
+def test_a_misused_wait_fails_the_run_with_a_clear_error_and_stores_no_step(how, says) -> None:
+    run = run_workflow("wip-misuse", {"how": how})
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "StepUsageError", run.error
+    assert says in run.error["message"]
+    assert "workflow 'wip-misuse'" in run.error["message"] and str(run.id) in run.error["message"]
+    assert not Step.objects.filter(run=run).exclude(kind="run").exists()
+    assert not Run.objects.filter(parent=run).exists()

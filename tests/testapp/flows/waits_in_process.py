@@ -116,3 +116,14 @@ def fails(ctx: Context, step: StepSync) -> None:
 
 def _boom() -> None:
     raise RuntimeError("boom")
+
+
+@stepflows.workflow(id="wip-misuse", trigger="test/wip-misuse", retries=0)
+def misuse(ctx: Context, step: StepSync) -> None:
+    how = ctx.event.data["how"]
+    if how == "in-parallel":
+        step.parallel(lambda: step.sleep("nap", 1))
+    elif how == "unknown-workflow":
+        step.invoke("call", workflow="no-such-workflow")
+    elif how == "missing-field":
+        step.wait_for_event("paid", event="test/wip-paid", match="data.order")
