@@ -28,7 +28,7 @@ from .scenarios import (
     time_runs,
     wait_runs,
 )
-from .waits import SLOW_POLL, percentile
+from .waits import SLOW_POLL, percentile, rounded
 
 WIDTH = 10
 """Steps per run of the concurrency-overhead scenario (the throughput scenario's runs)."""
@@ -55,7 +55,7 @@ def concurrency(opts: Options, res: Results, log: Callable[[str], None]) -> None
     res.concurrency["ratio"] = (
         res.concurrency["limited_runs_per_s"] / res.concurrency["unlimited_runs_per_s"]
     )
-    log(f"concurrency {runs}x{WIDTH}: no limit {_rounded(free)} s, limit {_rounded(limited)} s")
+    log(f"concurrency {runs}x{WIDTH}: no limit {rounded(free)} s, limit {rounded(limited)} s")
     cleanup()
 
 
@@ -101,17 +101,8 @@ def handoff(opts: Options, res: Results, log: Callable[[str], None]) -> None:
     }
     if (in_line or 0) < n:
         log(f"handoff: only {in_line} of {n} runs were in line when the first ended")
-    log(f"handoff {n} runs: done in {wall:.2f}s, ms {_rounded(res.handoff)}")
+    log(f"handoff {n} runs: done in {wall:.2f}s, ms {rounded(res.handoff)}")
     cleanup()
-
-
-# -- helpers ------------------------------------------------------------------------
-
-
-def _rounded(values: Any) -> Any:
-    if isinstance(values, dict):
-        return {k: round(v, 3) for k, v in values.items()}
-    return [round(v, 3) for v in values]
 
 
 def _wait_holding(run_id: Any) -> None:

@@ -102,7 +102,7 @@ def sleep(opts: Options, res: Results, log: Callable[[str], None]) -> None:
         "max_ms": max(lags),
         "wall_s": wall,
     }
-    log(f"sleep {n} runs, {width} at a time: done in {wall:.1f}s, lag ms {_rounded(res.sleep)}")
+    log(f"sleep {n} runs, {width} at a time: done in {wall:.1f}s, lag ms {rounded(res.sleep)}")
     cleanup()
 
 
@@ -131,7 +131,7 @@ def wait(opts: Options, res: Results, log: Callable[[str], None]) -> None:
             "p99_ms": percentile(times, 0.99) * 1000,
             "setup_s": setup,
         }
-        log(f"wait W={size}: waiting after {setup:.1f}s; send {_rounded(res.wait[size])}")
+        log(f"wait W={size}: waiting after {setup:.1f}s; send {rounded(res.wait[size])}")
     woken = Run.objects.filter(workflow_id="bench-wait").exclude(waiting_for="event").count()
     if woken:
         log(f"wait: {woken} waiting runs were woken by events that matched none of them")
@@ -155,14 +155,15 @@ def invoke(opts: Options, res: Results, log: Callable[[str], None]) -> None:
         "ms_per_inline_step": per_inline,
         "overhead_ms": per_invoke - per_inline,
     }
-    log(f"invoke N={n}: inline {_rounded(inline)} s, invoke {_rounded(invoked)} s")
+    log(f"invoke N={n}: inline {rounded(inline)} s, invoke {rounded(invoked)} s")
     cleanup()
 
 
 # -- helpers ------------------------------------------------------------------------
 
 
-def _rounded(values: Any) -> Any:
+def rounded(values: Any) -> Any:
+    """Figures for a log line: three decimals."""
     if isinstance(values, dict):
         return {k: round(v, 3) for k, v in values.items()}
     return [round(v, 3) for v in values]

@@ -20,7 +20,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
 from django.utils import timezone
 from pydantic import BaseModel
 
@@ -366,9 +365,7 @@ def listen(inv: Invocation) -> bool:
     trigger = _candidate(trigger_row)
     specs = list(enumerate(inv.workflow.cancel_on))
     waiters: list[dict[str, Any]] = []
-    with transaction.atomic():
-        for name in sorted({spec.event for _, spec in specs}):
-            store.lock_event_name(name)
+    with store.registering(*(spec.event for _, spec in specs)):
         for index, spec in specs:
             value = None
             if spec.match is not None:

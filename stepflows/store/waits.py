@@ -146,10 +146,12 @@ def share_names_and_find(names: Iterable[str], event_ids: list[str]) -> set[str]
 
 
 @contextmanager
-def registering(name: str) -> Iterator[None]:
-    """A transaction in which a wait for ``name`` is checked against events, then registered."""
+def registering(*names: str) -> Iterator[None]:
+    """A transaction in which waits for these event names are checked against the events
+    received so far, then registered (the names are held in order: no deadlock)."""
     with transaction.atomic():
-        lock_event_name(name)
+        for name in sorted(set(names)):
+            lock_event_name(name)
         yield
 
 
