@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +11,37 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+
+
+def pytest_configure(config: Any) -> None:
+    _flush_again_after_a_deadlock()
+
+
+def _flush_again_after_a_deadlock() -> None:
+    """Retry the flush that ends a transactional test when PostgreSQL reports a deadlock.
+
+    The session's workers keep running between tests (heartbeats, the sweep, a
+    redelivered task finishing), and a TRUNCATE that takes its table locks in a
+    different order than a worker's transaction can be chosen as the deadlock
+    victim. The worker's transaction then commits, and the flush succeeds again.
+    """
+    from django.core.management.base import CommandError
+    from django.db import OperationalError
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def _fixture_teardown(self: TransactionTestCase) -> None:
+        for attempt in range(1, 6):
+            try:
+                return flush(self)
+            except CommandError as exc:
+                if attempt == 5 or not isinstance(exc.__cause__, OperationalError):
+                    raise
+                print(f"flush failed ({exc.__cause__}); flushing again", file=sys.stderr)
+                time.sleep(0.2 * attempt)
+
+    TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
 
 
 def database_url(settings_dict: dict[str, Any]) -> str:
