@@ -50,6 +50,10 @@ class StepflowsSettings(BaseModel):
     """Recoveries of one run before it is failed with RecoveryLimitError."""
     QUEUE: str | None = None
     """Celery queue for stepflows' tasks; None uses the project's default queue."""
+    ADMIN_SHOW_CELERY_RESULTS: bool = False
+    """Show django-celery-results' task, group and chord rows in the admin index. Hidden
+    by default (stepflows keeps its state in its own rows); a project that registers
+    its own ModelAdmin for them sees them anyway."""
 
 
 def _raw() -> dict[str, Any]:

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -95,7 +96,10 @@ class Event(models.Model):
         verbose_name_plural = _("events")
         ordering = ["-received_at"]
         # Admin actions, each behind its own permission (stepflows.admin).
-        permissions = [("replay_event", _("Can replay events"))]
+        permissions = [
+            ("replay_event", _("Can replay events")),
+            ("send_test_event", _("Can send test events from the workflows page")),
+        ]
         indexes = [
             models.Index(fields=["name", "-received_at"], name="stepflows_event_name_idx"),
             models.Index(fields=["-received_at"], name="stepflows_event_recv_idx"),
@@ -216,6 +220,17 @@ class Run(models.Model):
     flow_key = models.CharField(_("flow key"), max_length=255, blank=True, default="")
     priority_at = models.DateTimeField(null=True, blank=True, editable=False)
     batch = models.JSONField(_("batched events"), null=True, blank=True)
+    # A run started by stepflows.api.fork_run: the run it was forked from, and the
+    # step it executes from (the steps before it were copied from that run).
+    forked_from = models.ForeignKey(
+        "self",
+        verbose_name=_("forked from"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forks",
+    )
+    fork_step = models.CharField(_("forked at step"), max_length=200, blank=True, default="")
 
     objects = RunQuerySet.as_manager()
 
@@ -229,6 +244,7 @@ class Run(models.Model):
             ("rerun_run", _("Can rerun runs from the start")),
             ("cancel_run", _("Can cancel runs")),
             ("compare_runs", _("Can compare runs")),
+            ("fork_run", _("Can fork runs")),
         ]
         indexes = [
             models.Index(fields=["-created_at"], name="stepflows_run_created_idx"),
@@ -346,6 +362,58 @@ class Step(models.Model):
 
     def error_summary(self) -> dict[str, Any] | None:
         return self.error
+
+
+class Intervention(models.Model):
+    """Who did what to a run: retry, rerun, cancel, replay or fork.
+
+    Written by :mod:`stepflows.api` in the transaction that makes the change.
+    ``run`` is the run acted on (for a replay: the new run, since the event is
+    what was acted on); ``new_run`` the run a rerun, replay or fork started.
+    """
+
+    class Action(models.TextChoices):
+        RETRY = "retry", _("retry")
+        RERUN = "rerun", _("rerun")
+        CANCEL = "cancel", _("cancel")
+        REPLAY = "replay", _("replay")
+        FORK = "fork", _("fork")
+
+    run = models.ForeignKey(
+        Run, verbose_name=_("run"), on_delete=models.CASCADE, related_name="interventions"
+    )
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    # The admin user's name, "command line" or "code".
+    by = models.CharField(_("by"), max_length=150)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reason = models.TextField(_("reason"), blank=True, default="")
+    at = models.DateTimeField(_("at"), default=timezone.now)
+    new_run = models.ForeignKey(
+        Run,
+        verbose_name=_("new run"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="started_by",
+    )
+    # What else the action was given, e.g. {"from_step": "charge"} for a fork.
+    detail = models.JSONField(_("detail"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("intervention")
+        verbose_name_plural = _("interventions")
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["run", "at"], name="stepflows_interv_run_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} of run {self.run_id} by {self.by}"
 
 
 class Waiter(models.Model):

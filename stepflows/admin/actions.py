@@ -1,9 +1,11 @@
-"""Admin actions: retry, rerun, cancel, compare runs; replay events.
+"""Admin actions: retry, rerun, cancel, fork, compare runs; replay events.
 
 Each action sits behind its own permission (``Run.Meta.permissions`` and
 ``Event.Meta.permissions``), is a POST with CSRF, asks for confirmation on a
-page of its own, then calls :mod:`stepflows.api` (never writes rows) and says
-what it did in a message.
+page of its own (with an optional reason), then calls :mod:`stepflows.api`
+(never writes rows) as the admin user, and says what it did in a message.
+The api records who did it in the run's audit trail; the action also writes
+Django's admin history (``LogEntry``), so "Recent actions" shows it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 from .. import api
 from ..exceptions import RunStateError, StepflowsError
-from ..models import ACTIVE_RUN_STATUSES, Event, Run, RunStatus
+from ..models import ACTIVE_RUN_STATUSES, Event, Run, RunStatus, Step
+from .interventions import log_change
 
 #: Objects one action handles at most, so a confirmation page stays readable.
 MAX_SELECTED = 500
@@ -47,6 +50,20 @@ def confirmed(request: HttpRequest) -> bool:
     return request.POST.get("post") == "yes"
 
 
+#: Longest reason kept (the confirmation page's field says so too).
+MAX_REASON = 1000
+
+
+def reason_of(request: HttpRequest) -> str:
+    """The optional reason typed on the confirmation page."""
+    return " ".join((request.POST.get("reason") or "").split())[:MAX_REASON]
+
+
+def actor(request: HttpRequest) -> dict[str, Any]:
+    """Who acts, for the api: the admin user (named by username) and the reason."""
+    return {"user": request.user, "reason": reason_of(request)}
+
+
 def confirmation(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,
@@ -56,6 +73,7 @@ def confirmation(
     intro: str,
     rows: Sequence[tuple[Any, str]],
     button: str,
+    extra: dict[str, Any] | None = None,
 ) -> TemplateResponse:
     """The page that lists what an action will touch and posts it back with ``post=yes``."""
     opts = modeladmin.model._meta
@@ -72,6 +90,8 @@ def confirmation(
         "selected": [str(obj.pk) for obj, _ in rows],
         "next": next_url(request) or "",
         "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        "max_reason": MAX_REASON,
+        **(extra or {}),
     }
     request.current_app = modeladmin.admin_site.name
     return TemplateResponse(request, "admin/stepflows/confirm_action.html", context)
@@ -108,10 +128,11 @@ def retry_runs(
     refused: list[Run] = []
     for run in runs:
         try:
-            api.retry_run(run)
+            api.retry_run(run, **actor(request))
             retried.append(run)
         except RunStateError:
             refused.append(run)
+    log_change(request, retried, "Retried", reason_of(request))
     if retried:
         modeladmin.message_user(
             request,
@@ -149,9 +170,12 @@ def rerun_runs(
     failed: list[str] = []
     for run in runs:
         try:
-            started.append(api.rerun(run))
+            new = api.rerun(run, **actor(request))
         except StepflowsError as exc:
             failed.append(f"{run.pk}: {exc}")
+            continue
+        started.append(new)
+        log_change(request, [run], f"Reran from the start as run {new.pk}", reason_of(request))
     if started:
         modeladmin.message_user(
             request,
@@ -186,8 +210,9 @@ def cancel_runs(
             ],
             button="Yes, cancel",
         )
-    cancelled = [r for r in runs if api.cancel_run(r, reason="cancelled in the admin")]
+    cancelled = [r for r in runs if api.cancel_run(r, **actor(request))]
     finished = [r for r in runs if r not in cancelled]
+    log_change(request, cancelled, "Cancelled", reason_of(request))
     if cancelled:
         modeladmin.message_user(
             request, f"Cancelled {len(cancelled)} run(s): {_ids(cancelled)}.", messages.SUCCESS
@@ -229,10 +254,12 @@ def replay_events(
             button="Yes, replay",
         )
     try:
-        runs = api.replay_events(events)
+        runs = api.replay_events(events, **actor(request))
     except StepflowsError as exc:
         modeladmin.message_user(request, f"Nothing was replayed: {exc}", messages.ERROR)
         return _back(request)
+    log_change(request, events, "Replayed", reason_of(request))
+    log_change(request, runs, "Started by a replay of its event", reason_of(request))
     if runs:
         modeladmin.message_user(
             request,
@@ -249,5 +276,65 @@ def replay_events(
     return _back(request)
 
 
-RUN_ACTIONS: list[Callable[..., Any]] = [retry_runs, rerun_runs, cancel_runs, compare_runs]
+@admin.action(description="Fork the selected run from a step", permissions=["fork"])
+def fork_runs(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Run]
+) -> HttpResponse | None:
+    runs = _selected_runs(queryset)
+    if len(runs) != 1:
+        modeladmin.message_user(
+            request,
+            f"Select exactly one run to fork ({len(runs)} selected): a fork starts from "
+            "one of that run's steps.",
+            messages.WARNING,
+        )
+        return _back(request)
+    [run] = runs
+    step_ids = list(
+        Step.objects.filter(run=run).order_by("position").values_list("step_id", flat=True)
+    )
+    chosen = request.POST.get("from_step") or ""
+    if not confirmed(request) or chosen not in step_ids:
+        note = ""
+        if run.status in ACTIVE_RUN_STATUSES:
+            note = f"it is {run.status}: cancel it before forking"
+        elif not step_ids:
+            note = "it recorded no steps: rerun it instead"
+        return confirmation(
+            modeladmin,
+            request,
+            action="fork_runs",
+            title="Fork a run from a step",
+            intro="A new run of the same workflow for the same event keeps the outputs of "
+            "the steps before the chosen step (their code does not run again) and executes "
+            "from that step on. A step of a parallel group runs its whole group again. "
+            "The selected run is left as it is.",
+            rows=[(run, note)],
+            button="Yes, fork",
+            extra={"fork_steps": step_ids, "fork_chosen": chosen},
+        )
+    try:
+        new = api.fork_run(run, from_step=chosen, **actor(request))
+    except StepflowsError as exc:
+        modeladmin.message_user(request, f"Could not fork run {run.pk}: {exc}", messages.ERROR)
+        return _back(request)
+    log_change(request, [run], f"Forked from step {chosen} as run {new.pk}", reason_of(request))
+    modeladmin.message_user(
+        request,
+        f"Forked run {run.pk} from step {chosen!r}: new run {new.pk}.",
+        messages.SUCCESS,
+    )
+    opts = modeladmin.model._meta
+    return HttpResponseRedirect(
+        reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[new.pk])
+    )
+
+
+RUN_ACTIONS: list[Callable[..., Any]] = [
+    retry_runs,
+    rerun_runs,
+    cancel_runs,
+    fork_runs,
+    compare_runs,
+]
 EVENT_ACTIONS: list[Callable[..., Any]] = [replay_events]

@@ -4,12 +4,14 @@ Runs are chosen by query parameters, combined:
 
 - ``ids=<run id>,<run id>``: these runs;
 - ``family=<run id>``: that run and every run its fan-out started (any depth);
-- ``event=<event id>``: every run of that event, each with its fan-out family
-  (the variants of one piece of work, e.g. a ``step.parallel`` workflow and a
-  fan-out one triggered by the same event);
+- ``event=<event id>``: every run of that event (the variants of one piece of
+  work, e.g. a ``step.parallel`` workflow and a fan-out one triggered by the
+  same event); with ``fan_out=1``, each with its fan-out family;
 - ``workflow_of=<run id>``: that run and the latest runs of the same workflow;
-- ``axis=wall`` or ``axis=relative``: the wall clock (default with a family or
-  an event, where runs overlap) or each run from its own start.
+- ``axis=relative`` (the default, on every compare page) or ``axis=wall``: each
+  family from its own start (a run with no fan-out is a family of one; the runs a
+  fan-out started stay where they happened after the run that started them), or
+  all runs on the wall clock.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def url(
     family: Iterable[Any] = (),
     event: str | None = None,
     workflow_of: Any = None,
+    fan_out: bool = False,
     axis: str | None = None,
 ) -> str:
     """The compare page's address for these runs."""
@@ -71,6 +74,8 @@ def url(
         params["family"] = ",".join(str(i) for i in family)
     if event:
         params["event"] = event
+        if fan_out:
+            params["fan_out"] = "1"
     if workflow_of:
         params["workflow_of"] = str(workflow_of)
     if axis:
@@ -117,24 +122,28 @@ def _uuids(values: Iterable[str], bad: list[str]) -> list[uuid.UUID]:
     return found
 
 
-def _choose(request: HttpRequest, bad: list[str]) -> tuple[list[Run], dict[Any, int], bool]:
-    """The runs to compare, in order, each with its fan-out depth; and whether to use wall time."""
+def _choose(
+    request: HttpRequest, bad: list[str]
+) -> tuple[list[Run], dict[Any, int], dict[Any, Any]]:
+    """The runs to compare, in order, each with its fan-out depth and its family's root."""
     chosen: list[Run] = []
     depth: dict[Any, int] = {}
+    roots: dict[Any, Any] = {}
     seen: set[Any] = set()
 
-    def add(run: Run, level: int = 0) -> None:
+    def add(run: Run, level: int = 0, root: Any = None) -> None:
         if run.pk not in seen:
             seen.add(run.pk)
             chosen.append(run)
             depth[run.pk] = level
+            roots[run.pk] = root if root is not None else run.pk
 
     def add_family(root: Run) -> None:
         add(root)
         family = fan_out_family(root, max_runs=MAX_RUNS)
         for row in family.rows:
             for run in row.runs:
-                add(run, depth[root.pk] + row.depth)
+                add(run, depth[root.pk] + row.depth, roots[root.pk])
 
     ids = _uuids(request.GET.getlist("ids"), bad)
     by_id = Run.objects.in_bulk(ids)
@@ -156,15 +165,17 @@ def _choose(request: HttpRequest, bad: list[str]) -> tuple[list[Run], dict[Any, 
         if not runs:
             bad.append(event_id)
         for run in runs:
-            add_family(run)
+            if request.GET.get("fan_out"):
+                add_family(run)
+            else:
+                add(run)
     base_ids = _uuids(request.GET.getlist("workflow_of"), bad)
     for base in Run.objects.filter(pk__in=base_ids):
         add(base)
         recent = Run.objects.filter(workflow_id=base.workflow_id).exclude(pk=base.pk)
         for run in recent.order_by("-created_at")[:RECENT_OF_WORKFLOW]:
             add(run)
-    wall = bool(family_ids or event_id)
-    return chosen[:MAX_RUNS], depth, wall
+    return chosen[:MAX_RUNS], depth, roots
 
 
 def _figures(
@@ -191,10 +202,9 @@ def _figures(
 
 def compare_view(modeladmin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     bad: list[str] = []
-    runs, depth, wall = _choose(request, bad)
-    axis = request.GET.get("axis")
-    if axis in ("wall", "relative"):
-        wall = axis == "wall"
+    runs, depth, roots = _choose(request, bad)
+    # One default for every compare page, however its runs were chosen.
+    wall = request.GET.get("axis") == "wall"
     if bad:
         modeladmin.message_user(
             request, "Not found, left out: " + ", ".join(bad[:20]), messages.WARNING
@@ -209,6 +219,7 @@ def compare_view(modeladmin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         )
         for r in runs
     ]
+    _anchor_families(tracks, runs, roots)
     params = request.GET.copy()
     params["axis"] = "relative" if wall else "wall"
     context = {
@@ -225,6 +236,18 @@ def compare_view(modeladmin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
     }
     request.current_app = modeladmin.admin_site.name
     return TemplateResponse(request, "admin/stepflows/compare.html", context)
+
+
+def _anchor_families(
+    tracks: Sequence[timeline.Track], runs: Sequence[Run], roots: dict[Any, Any]
+) -> None:
+    """Draw a fan-out run from its family's start, not its own: on the relative axis a
+    family keeps its shape (its runs where they happened after the root started)."""
+    anchors = {run.pk: track.anchor for run, track in zip(runs, tracks, strict=True)}
+    for run, track in zip(runs, tracks, strict=True):
+        root_anchor = anchors.get(roots.get(run.pk, run.pk))
+        if root_anchor is not None and (track.anchor is None or root_anchor <= track.anchor):
+            track.anchor = root_anchor
 
 
 def _groups(rows: Sequence[Row]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import timeline
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepKind, StepStatus
+from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepKind
 from ..store.fence import worker_of
 from . import compare
 from .actions import RUN_ACTIONS
@@ -27,18 +27,19 @@ from .common import (
     on_changelist,
     per_row,
     pretty_json,
-    size_text,
     status_badge,
 )
 from .family import fan_out_family
 from .flow_control import flow_control_view, skip_summary
 from .flow_text import line_counts, skip_reason
+from .interventions import cancelled_by, origin, trail, trail_rows
+from .run_columns import WIDE_LIST, TopLevelFilter, error_summary, parent_link, started
+from .steps import step_row, trim_traceback
 from .waits import (
     WaitingForFilter,
     failure_handlers,
     invoked_runs,
     origin_line,
-    step_wait,
     wait_detail,
     waiting_line,
     waiting_summary,
@@ -59,6 +60,9 @@ STEP_FIELDS = (
     "ended_at",
     "attempts",
     "attempt_count",
+    # A retry still to come, and where the last manual retry began (timeline, attempts table).
+    "retry_at",
+    "attempts_base",
     "lease_owner",
     "heartbeat_at",
     "kind",
@@ -84,15 +88,18 @@ class RunAdmin(ReadOnlyAdmin):
         "workflow_id",
         "status_display",
         "trigger_event",
-        "started_at",
+        parent_link,
+        started,
         "duration_display",
         "steps_display",
         "attempts_display",
+        error_summary,
     )
     list_display_links = None
     list_filter = (
         "status",
         WaitingForFilter,
+        TopLevelFilter,
         "workflow_id",
         ("created_at", admin.DateFieldListFilter),
     )
@@ -115,6 +122,9 @@ class RunAdmin(ReadOnlyAdmin):
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return self.has_perm(request, "cancel_run")
 
+    def has_fork_permission(self, request: HttpRequest) -> bool:
+        return self.has_perm(request, "fork_run")
+
     def has_compare_permission(self, request: HttpRequest) -> bool:
         return self.has_perm(request, "compare_runs")
 
@@ -134,6 +144,12 @@ class RunAdmin(ReadOnlyAdmin):
                 **line_counts(),
             )
         return qs
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # The list needs the width: every column fits 1,400 px without the nav sidebar.
+        return super().changelist_view(request, {**WIDE_LIST, **(extra_context or {})})
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
@@ -166,7 +182,7 @@ class RunAdmin(ReadOnlyAdmin):
     def duration_display(self, run: Run) -> str:
         return duration_text(run.duration)
 
-    @admin.display(description="steps done", ordering="steps_total")
+    @admin.display(description="steps", ordering="steps_total")
     def steps_display(self, run: Any) -> str:
         return f"{run.steps_done}/{run.steps_total}"
 
@@ -208,6 +224,8 @@ class RunAdmin(ReadOnlyAdmin):
         family = fan_out_family(run)
         children = invoked_runs(steps)
         siblings = Run.objects.filter(event_id=run.event_id).count()
+        # Who retried, reran, cancelled, replayed or forked it (one query).
+        interventions = trail(run)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -224,16 +242,28 @@ class RunAdmin(ReadOnlyAdmin):
             # A skipped run never started: its reason is not an error with a traceback.
             "error": (run.error or None) if run.status != RunStatus.SKIPPED else None,
             "skipped": skip_reason(run) if run.status == RunStatus.SKIPPED else "",
+            "error_traceback": trim_traceback(str((run.error or {}).get("traceback") or ""))
+            if isinstance(run.error, dict)
+            else "",
             "waiting": waiting_line(run, steps, children),
             "origin": origin_line(run),
             "failure_handlers": failure_handlers(run),
-            "steps": [_step_row(s, children) for s in steps],
+            "steps": [step_row(s, children) for s in steps],
             "used_parallel": any(s.group is not None for s in steps),
             "has_waits": any(s.kind != StepKind.RUN for s in steps),
-            "timeline": timeline.render([timeline.track_for_run(run, steps)]),
+            # Markers where a person retried, cancelled...: the trail's rows, no new query.
+            "timeline": timeline.render(
+                [timeline.track_for_run(run, steps, interventions=interventions)]
+            ),
             "family": family,
             "siblings": siblings,
             "buttons": self._buttons(request, run),
+            "interventions": interventions,
+            "audit_trail": trail_rows(run, interventions),
+            "started_by": origin(run, interventions),
+            "cancelled_by": cancelled_by(run, interventions)
+            if run.status == RunStatus.CANCELLED
+            else None,
             "compare_links": self._compare_links(request, run, family, siblings, steps),
             "changelist_url": reverse("admin:stepflows_run_changelist"),
             "here": request.get_full_path(),
@@ -249,6 +279,8 @@ class RunAdmin(ReadOnlyAdmin):
             buttons.append({"action": "rerun_runs", "label": "Rerun from the start"})
         if run.status in ACTIVE_RUN_STATUSES and self.has_cancel_permission(request):
             buttons.append({"action": "cancel_runs", "label": "Cancel"})
+        if run.status not in ACTIVE_RUN_STATUSES and self.has_fork_permission(request):
+            buttons.append({"action": "fork_runs", "label": "Fork from a step"})
         return buttons
 
     def _compare_links(
@@ -267,7 +299,7 @@ class RunAdmin(ReadOnlyAdmin):
         if siblings > 1:
             links.append(
                 {
-                    "url": compare.url(event=run.event_id),
+                    "url": compare.url(event=run.event_id, fan_out=True),
                     "label": f"Compare the {siblings} runs of this event (and their fan-outs)",
                 }
             )
@@ -307,36 +339,3 @@ def _get_run(object_id: str) -> Run | None:
         return Run.objects.select_related("event").get(pk=uuid.UUID(str(object_id)))
     except (ValueError, Run.DoesNotExist):
         return None
-
-
-def _step_row(step: Step, children: dict[str, Run]) -> dict[str, Any]:
-    attempts = step.attempts or []
-    last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
-    failed = sum(1 for a in attempts if isinstance(a, dict) and a.get("error"))
-    running = step.status == StepStatus.RUNNING and step.lease_owner
-    return {
-        "step": step,
-        "status": status_badge(step.status),
-        "kind": step.get_kind_display(),
-        "is_wait": step.kind != StepKind.RUN,
-        # A durable wait: what it waits for, and when it wakes up (or times out).
-        "waits_for": step_wait(step, children),
-        "wakes": step.wake_at if step.kind != StepKind.RUN else None,
-        "worker": worker_of(step.lease_owner) if running else last.get("worker", ""),
-        # A parallel step being executed: when its worker last said it was alive.
-        "heartbeat": step.heartbeat_at if running else None,
-        "duration": duration_text(step.duration),
-        "size": size_text(step.output_bytes),
-        "failed_attempts": failed,
-        "output": pretty_json(step.output),
-        "error": step.error or None,
-        "attempt_errors": [
-            {
-                "number": int(a.get("number", i)) + 1,
-                "error": a.get("error"),
-                "worker": a.get("worker", ""),
-            }
-            for i, a in enumerate(attempts)
-            if isinstance(a, dict) and a.get("error")
-        ],
-    }

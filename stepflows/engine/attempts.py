@@ -184,6 +184,32 @@ def _entry(call: StepCall, started: Any, error: dict[str, Any] | None) -> dict[s
     }
 
 
+def running_record(call: StepCall, started: Any) -> StepRecord:
+    """The step's row while this attempt runs: one more attempt, started, not ended.
+
+    What the heartbeat shows for an inline step whose code runs past a moment
+    (:class:`~stepflows.engine.heartbeat.RunningStep`); built without touching
+    the database, so a fast step costs nothing more than building it.
+    """
+    prev = call.record
+    entry = {
+        "number": prev.attempt_count if prev else 0,
+        "started_at": started.isoformat(),
+        "worker": worker_name(),
+    }
+    return StepRecord(
+        step_id=call.step_id,
+        position=call.position,
+        group=call.group,
+        status=StepStatus.RUNNING,
+        error=prev.error if prev else None,
+        attempts=[*(prev.attempts if prev else []), entry],
+        attempt_count=(prev.attempt_count if prev else 0) + 1,
+        started_at=(prev.started_at if prev and prev.started_at else started),
+        attempts_base=prev.attempts_base if prev else 0,
+    )
+
+
 def next_record(
     call: StepCall,
     started: Any,

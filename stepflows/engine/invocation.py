@@ -20,7 +20,7 @@ from ..conf import get_settings
 from ..context import Context
 from ..events import Event
 from ..exceptions import LimitExceededError, NestedStepError, NonDeterminismError, StepUsageError
-from ..models import Run
+from ..models import Run, StepKind, StepStatus
 from ..registry import Workflow
 from ..serialization import restore
 from ..store import steps as step_store
@@ -28,7 +28,7 @@ from ..store.records import StepRecord
 from . import attempts, parallel
 from .calls import StepCall, current_step
 from .control import LeaseLost, Pending, StepOutcome, Suspend, TargetReached
-from .heartbeat import Lease
+from .heartbeat import Lease, RunningStep, heartbeat
 from .ids import StepIds, Target
 from .memo import Memo
 
@@ -68,6 +68,8 @@ class Invocation:
         self.max_state = conf.MAX_STATE_BYTES
         self.ids = StepIds(self.where, conf.MAX_STEP_ID_LENGTH)
         self.plan: parallel.Plan | None = None
+        # The inline attempt running now, shown running by the heartbeat past a moment.
+        self.attempt: _Attempt | None = None
         self.suspended: Suspend | None = None
         # In a step task: the outcome of its step, once it ran.
         self.reached: StepOutcome | None = None
@@ -176,6 +178,9 @@ class Invocation:
     def unfinished(self, call: StepCall) -> Any:
         """A step that has not finished, outside ``parallel``: run it inline now or later."""
         record = call.record
+        if record is not None and record.status == StepStatus.RUNNING:
+            # Shown running by an invocation that never ended the attempt (its worker stopped).
+            call.record = record = record.before_unended_attempt()
         if record is None and self.memo.count + 1 > self.max_steps:
             raise LimitExceededError(
                 f"{self.where(call.step_id)}: the run would have more than "
@@ -200,9 +205,59 @@ class Invocation:
             raise outcome.error
         raise self.suspend(Suspend(countdown=outcome.retry_in))
 
+    def begin_attempt(self, call: StepCall) -> None:
+        """An inline step's code starts: the heartbeat shows it if it runs past a moment."""
+        step = None
+        if self.lease is not None and self.target is None and call.group is None:
+            step = heartbeat.show_running(
+                self.lease,
+                lambda started: attempts.running_record(call, started),
+                exists=call.record is not None,
+            )
+        self.attempt = _Attempt(step)
+
+    def end_attempt(self) -> bool:
+        """Show the attempt no longer; True when its running row was written."""
+        attempt = self.attempt
+        if attempt is None:
+            return False
+        if attempt.step is not None:
+            attempt.shown = heartbeat.stop_running(attempt.step)
+            attempt.step = None
+        return attempt.shown
+
     def store_attempt(self, record: StepRecord, *, exists: bool) -> StepRecord:
-        """Write one attempt's record under the run's lease."""
-        return step_store.record_inline(self.run_id, self.token, record, exists=exists)
+        """Write one attempt's record under the run's lease.
+
+        A step attempt that finished after its run was cancelled is recorded
+        all the same, marked as such (see
+        :func:`~stepflows.store.steps.record_after_cancel`); the invocation
+        still stops (:class:`LeaseLost`).
+        """
+        attempt = self.attempt
+        exists = self.end_attempt() or exists
+        try:
+            return step_store.record_inline(self.run_id, self.token, record, exists=exists)
+        except LeaseLost as lost:
+            if lost.cancelled and attempt is not None and record.kind == StepKind.RUN:
+                step_store.record_after_cancel(self.run_id, self.token, record, exists=exists)
+            raise
+
+    def attempt_sync(self, call: StepCall) -> StepOutcome:
+        self.begin_attempt(call)
+        try:
+            return attempts.attempt_sync(self, call)
+        finally:
+            self.end_attempt()
+            self.attempt = None
+
+    async def attempt_async(self, call: StepCall) -> StepOutcome:
+        self.begin_attempt(call)
+        try:
+            return await attempts.attempt_async(self, call)
+        finally:
+            self.end_attempt()
+            self.attempt = None
 
     def run_sync(
         self,
@@ -217,7 +272,7 @@ class Invocation:
         if decided is not RUN_NOW:
             return decided
         self.still_ours()
-        return self.after_attempt(call, attempts.attempt_sync(self, call))
+        return self.after_attempt(call, self.attempt_sync(call))
 
     async def run_async(
         self,
@@ -234,7 +289,7 @@ class Invocation:
         if decided is not RUN_NOW:
             return decided
         self.still_ours()
-        return self.after_attempt(call, await attempts.attempt_async(self, call))
+        return self.after_attempt(call, await self.attempt_async(call))
 
     # -- step.parallel ---------------------------------------------------------------
 
@@ -256,3 +311,13 @@ class Invocation:
     def group_pending(self, plan: parallel.Plan) -> BaseException:
         """A group has unfinished steps: suspend the run and send them."""
         return self.suspend(Suspend(planned=parallel.planned_steps(self, plan)))
+
+
+class _Attempt:
+    """The inline attempt in progress: its showing (until it ends) and whether it was shown."""
+
+    __slots__ = ("shown", "step")
+
+    def __init__(self, step: RunningStep | None) -> None:
+        self.step = step
+        self.shown = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,44 @@ class StepRecord:
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED
+
+    def before_unended_attempt(self) -> StepRecord:
+        """The record without an attempt that was shown running and never ended.
+
+        An inline step is shown ``running`` while its code runs (see
+        :mod:`stepflows.engine.heartbeat`); when its worker stopped before the
+        attempt ended, the next invocation runs the attempt again as the same
+        one: a worker that stopped costs no retry, as for a parallel step.
+        """
+        last = self.attempts[-1] if self.attempts else None
+        if self.status != StepStatus.RUNNING or not isinstance(last, dict) or "ended_at" in last:
+            return self
+        return replace(
+            self,
+            status=StepStatus.SCHEDULED,
+            attempts=self.attempts[:-1],
+            attempt_count=self.attempt_count - 1,
+        )
+
+    def after_cancel(self) -> StepRecord:
+        """This attempt's record as written after its run was cancelled.
+
+        The attempt is marked ``"after_cancel": true``; one that would have
+        been retried failed for good, since no retry comes to a cancelled run.
+        """
+        attempts = list(self.attempts)
+        if attempts and isinstance(attempts[-1], dict):
+            attempts[-1] = {**attempts[-1], "after_cancel": True}
+        if self.is_finished:
+            return replace(self, attempts=attempts)
+        last_error = attempts[-1].get("error") if attempts else None
+        return replace(
+            self,
+            status=StepStatus.FAILED,
+            error=self.error or last_error,
+            retry_at=None,
+            attempts=attempts,
+        )
 
     def step_error(self) -> StepError:
         err = self.error or {}

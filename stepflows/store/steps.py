@@ -7,6 +7,12 @@ step for a moment marks it ``running`` with its token (the heartbeat does,
 so a fast step costs no extra write), and its outcome is recorded only while
 the step is unfinished and either not yet marked or marked with that token.
 A finished step is never overwritten.
+
+An inline step whose code runs longer than a moment is shown ``running`` the
+same way, by the heartbeat and under the run's lease (:func:`show_running`),
+so a fast step costs no extra write either. When the run was cancelled while
+the step ran, its outcome is still recorded (:func:`record_after_cancel`):
+the step did run, and the run page says what it did.
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ def record_inline(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> 
             with transaction.atomic() if connection.in_atomic_block else nullcontext():
                 inserted = _insert_if_held(run_id, token, rec, values)
         except IntegrityError:
-            return stored_step(run_id, rec.step_id)  # recorded by a redelivered invocation
-        if not inserted:
-            raise _lost(run_id, f"run {run_id}")
-        return rec
+            if not _shown_by(run_id, rec.step_id, token):
+                return stored_step(run_id, rec.step_id)  # recorded by a redelivered invocation
+            inserted = False  # shown running by our heartbeat after all: update it below
+        else:
+            if not inserted:
+                raise _lost(run_id, f"run {run_id}")
+            return rec
     held = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING)
     updated = (
         Step.objects.filter(run_id=run_id, step_id=rec.step_id, run__in=held)
@@ -119,22 +128,25 @@ def _fields(names: tuple[str, ...]) -> list[Field]:
     return found
 
 
-@lru_cache(maxsize=4)
-def _insert_sql(vendor: str) -> str:
+@lru_cache(maxsize=8)
+def _insert_sql(vendor: str, held: bool = True) -> str:
     """``INSERT ... SELECT ... FROM run WHERE the lease is held``, built once per backend.
 
-    On PostgreSQL each parameter is cast to its column's type, since a bare
-    parameter in a SELECT list has no type to be inferred from.
+    With ``held`` False: ``WHERE the run has this status`` (a cancelled run,
+    see :func:`record_after_cancel`). On PostgreSQL each parameter is cast to
+    its column's type, since a bare parameter in a SELECT list has no type to
+    be inferred from.
     """
     qn = connection.ops.quote_name
     fields = _fields(_IDENTITY + _WRITTEN)
     columns = ", ".join(qn(str(f.column)) for f in fields)
     cast = vendor == "postgresql"
     slots = ", ".join(f"CAST(%s AS {f.db_type(connection)})" if cast else "%s" for f in fields)
+    lease = f"{qn('lease_owner')} = %s AND " if held else ""
     return (
         f"INSERT INTO {qn(Step._meta.db_table)} ({columns}) "
         f"SELECT {slots} FROM {qn(Run._meta.db_table)} "
-        f"WHERE {qn('id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} = %s"
+        f"WHERE {qn('id')} = %s AND {lease}{qn('status')} = %s"
     )
 
 
@@ -160,8 +172,13 @@ def _run_key(run_id: Any) -> Any:
     return pk.get_db_prep_value(run_id, connection)
 
 
-def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, Any]) -> bool:
-    """INSERT the step row only while the run is running under ``token``, in one statement."""
+def _insert_if_held(
+    run_id: Any, token: str | None, rec: StepRecord, values: dict[str, Any]
+) -> bool:
+    """INSERT the step row only while the run is running under ``token``, in one statement.
+
+    ``token`` None: only while the run is cancelled (:func:`record_after_cancel`).
+    """
     row = {
         "run": run_id,
         "step_id": rec.step_id,
@@ -173,10 +190,103 @@ def _insert_if_held(run_id: Any, token: str, rec: StepRecord, values: dict[str, 
     }
     row.update(values)
     params = _params(_IDENTITY + _WRITTEN, row)
-    params += [_run_key(run_id), token, RunStatus.RUNNING.value]
+    if token is None:
+        params += [_run_key(run_id), RunStatus.CANCELLED.value]
+    else:
+        params += [_run_key(run_id), token, RunStatus.RUNNING.value]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor), params)
+        cursor.execute(_insert_sql(connection.vendor, token is not None), params)
         return cursor.rowcount == 1
+
+
+# -- an inline step while its code runs, and after its run was cancelled ------------------
+
+
+def _shown_by(run_id: Any, step_id: str, token: str) -> bool:
+    """The step is shown running by this token's heartbeat (see :func:`show_running`)."""
+    return Step.objects.filter(
+        run_id=run_id, step_id=step_id, status=StepStatus.RUNNING, lease_owner=token
+    ).exists()
+
+
+def show_running(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> bool:
+    """Heartbeat: show an inline step whose code runs now, under the run's lease.
+
+    ``rec`` is the step with the running attempt (no ``ended_at`` yet): status
+    ``running``, ``lease_owner`` the run's token. One statement: an INSERT
+    fenced like :func:`record_inline`'s, or (a step with earlier attempts) an
+    UPDATE of the unfinished row. False when nothing was written: the run is
+    no longer ours, or the step was recorded meanwhile. The heartbeat never
+    shows a step after its attempt was recorded in this process (see
+    :class:`stepflows.engine.heartbeat.RunningStep`).
+    """
+    now = clock.now()
+    if not exists:
+        values = _values(rec) | {"lease_owner": token, "heartbeat_at": now}
+        try:
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                return _insert_if_held(run_id, token, rec, values)
+        except IntegrityError:
+            return False
+    held = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING)
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=rec.step_id, run__in=held)
+        .exclude(status__in=FINISHED)
+        .update(
+            status=StepStatus.RUNNING,
+            attempts=rec.attempts,
+            attempt_count=rec.attempt_count,
+            started_at=rec.started_at,
+            retry_at=None,
+            lease_owner=token,
+            heartbeat_at=now,
+        )
+    )
+
+
+def beat_running(run_id: Any, step_id: str, token: str) -> bool:
+    """Heartbeat: a step shown by :func:`show_running` is still running; False when not ours."""
+    held = Run.objects.filter(id=run_id, lease_owner=token, status=RunStatus.RUNNING)
+    return bool(
+        Step.objects.filter(
+            run_id=run_id,
+            step_id=step_id,
+            status=StepStatus.RUNNING,
+            lease_owner=token,
+            run__in=held,
+        ).update(heartbeat_at=clock.now())
+    )
+
+
+def record_after_cancel(run_id: Any, token: str, rec: StepRecord, *, exists: bool) -> bool:
+    """Record what an inline step did after its run was cancelled under it.
+
+    The worker ran the step to its end and then found the run cancelled (its
+    lease cleared): the attempt is stored anyway, marked ``"after_cancel":
+    true`` (see :meth:`StepRecord.after_cancel`), so the run page says what the
+    step did. Fenced so that it changes nothing else: only while the run is
+    cancelled, and only a step that has no record of this attempt yet (new,
+    shown running by this token, or with fewer attempts). The run stays
+    cancelled. Returns whether it was written.
+    """
+    rec = rec.after_cancel()
+    values = _values(rec)
+    if not exists:
+        try:
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                if _insert_if_held(run_id, None, rec, values):
+                    return True
+        except IntegrityError:
+            pass  # shown running by our heartbeat, or recorded by another worker: see below
+    cancelled = Run.objects.filter(id=run_id, status=RunStatus.CANCELLED)
+    return bool(
+        Step.objects.filter(run_id=run_id, step_id=rec.step_id, run__in=cancelled)
+        .exclude(status__in=FINISHED)
+        .filter(
+            Q(attempt_count__lt=rec.attempt_count) | Q(status=StepStatus.RUNNING, lease_owner=token)
+        )
+        .update(**values)
+    )
 
 
 # -- parallel steps: under the step's own lease -------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from django.urls import reverse
 
 import stepflows
-from stepflows.models import Run, RunStatus, Step
+from stepflows.models import Intervention, Run, RunStatus, Step
 from stepflows.testing import runs_for, wait_for_run, wait_for_runs
 from tests.testapp.marks import count
 
@@ -39,6 +39,8 @@ def test_retry_confirms_then_resumes_a_failed_run_to_completion(
     assert messages_of(response) == [
         f"Retried 1 failed run(s), resuming where they failed: {run.pk}."
     ]
+    [entry] = Intervention.objects.filter(run=run)
+    assert (entry.action, entry.by) == ("retry", response.wsgi_request.user.username)
     run = wait_for_run(run.id)
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == [1, "through"]
@@ -86,10 +88,14 @@ def test_cancel_stops_a_running_run(celery_worker, key, admin_client_all):
         time.sleep(0.05)
     page = post_action(admin_client_all, "run", "cancel_runs", [run.pk], confirm=False)
     assert str(run.pk) in page.content.decode()
-    response = post_action(admin_client_all, "run", "cancel_runs", [run.pk])
+    response = post_action(admin_client_all, "run", "cancel_runs", [run.pk], reason="stop it")
     assert messages_of(response) == [f"Cancelled 1 run(s): {run.pk}."]
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.CANCELLED
+    # The error says who cancelled it, when and why (not "Cancelled: cancelled").
+    username = response.wsgi_request.user.username
+    assert run.error["message"].startswith(f"cancelled by {username} at ")
+    assert run.error["message"].endswith(" UTC: stop it")
     assert count(f"{key}-slow") < 50
     # A second cancel says the run had finished.
     response = post_action(admin_client_all, "run", "cancel_runs", [run.pk])

@@ -70,10 +70,16 @@ def test_parallel_steps_overlap_on_the_timeline_and_the_retry_is_marked(variants
         reverse("admin:stepflows_run_change", args=[parallel.pk])
     ).content.decode()
     svg = timeline_of(html)
-    bars = [r for r in svg.iter(f"{SVG}rect") if "step-bar" in r.get("class", "")]
-    chunks = [b for b in bars if b.get("data-step").startswith("summarize-chunk")]
+    # One bar per attempt: a step's span runs from its first attempt's start to its last's end.
+    bars = [r for r in svg.iter(f"{SVG}rect") if "attempt-bar" in r.get("class", "")]
+    steps: dict[str, tuple[float, float]] = {}
+    for b in bars:
+        start, end = float(b.get("data-start")), float(b.get("data-end"))
+        lo, hi = steps.get(b.get("data-step"), (start, end))
+        steps[b.get("data-step")] = (min(lo, start), max(hi, end))
+    chunks = [s for step_id, s in steps.items() if step_id.startswith("summarize-chunk")]
     assert len(chunks) == 3
-    spans = [(float(b.get("data-start")), float(b.get("data-end"))) for b in chunks]
+    spans = chunks
     assert any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2)), spans
     failed = [r for r in svg.iter(f"{SVG}rect") if r.get("class") == "attempt-bar failed"]
     assert [f.get("data-step") for f in failed] == ["summarize-chunk"]
@@ -82,11 +88,11 @@ def test_parallel_steps_overlap_on_the_timeline_and_the_retry_is_marked(variants
 
 def test_compare_the_two_variants_with_the_fan_out(variants, admin_client_all):
     parallel, fanout, children = variants
-    html = admin_client_all.get(compare.url(event=parallel.event_id)).content.decode()
+    html = admin_client_all.get(compare.url(event=parallel.event_id, fan_out=True)).content.decode()
     for run in (parallel, fanout, *children):
         assert f'data-run="{run.pk}"' in html
     assert "t-admin-fanout with its fan-out (4 runs)" in html
     svg = timeline_of(html)
     run_bars = [r for r in svg.iter(f"{SVG}rect") if "run-bar" in r.get("class", "")]
     assert len(run_bars) == 5
-    assert svg.get("data-relative") == "false"
+    assert svg.get("data-relative") == "true"  # each family from its own start

@@ -11,9 +11,12 @@ from .flows import (
     flow,
     flow_in_process,
     in_process,
+    interventions,
     leases,
+    live,
     waits,
     waits_in_process,
+    workflows_page,
 )
 
 __all__ = [
@@ -27,7 +30,10 @@ __all__ = [
     "flow",
     "flow_in_process",
     "in_process",
+    "interventions",
     "leases",
+    "live",
     "waits",
     "waits_in_process",
+    "workflows_page",
 ]

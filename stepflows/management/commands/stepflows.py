@@ -1,31 +1,42 @@
-"""`python manage.py stepflows <send|runs|limits|retry|rerun|cancel|replay|recover|bench>`."""
+"""`python manage.py stepflows <verb>`: send events; list, show and manage runs.
+
+Verbs: send, runs, show, limits, retry, rerun, fork, cancel, replay, recover, bench.
+"""
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import termcolors
+from django.utils import termcolors, timezone
 
 from ... import api
-from ...admin.flow_control import is_held, limits_table
-from ...admin.flow_text import hold_text, line_figures, skip_reason
+from ...admin.flow_control import limits_table
 from ...exceptions import StepflowsError
-from ...models import Event, Run, RunStatus, Step, StepStatus, WaitKind
-from ...store.fence import worker_of
-from ...timeline import local_time
+from ...models import Event, Run, RunStatus
+from ...registry import registry
+from .. import runinfo
+from ..waiting import TIMEOUT_HELP, WAIT_HELP, wait_for_runs
+
+#: Who the audit trail says acted, for every verb run from here.
+BY = "command line"
 
 
 class Command(BaseCommand):
-    help = "Send events and inspect runs."
+    help = (
+        "Send events; list, show and manage runs. A RUN_ID is a run's id, or its first "
+        "8 or more characters."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="verb", required=True)
@@ -33,18 +44,56 @@ class Command(BaseCommand):
         send.add_argument("name")
         send.add_argument("--data", default="{}", help="the event data, as a JSON object")
         send.add_argument("--id", default=None, help="an idempotency key")
-        runs = sub.add_parser("runs", help="list recent runs")
-        runs.add_argument("--limit", type=int, default=20)
-        runs.add_argument("--status", default=None)
-        runs.add_argument("--workflow", default=None)
+        _wait_options(send)
+        runs = sub.add_parser(
+            "runs",
+            help="list recent runs, one line each",
+            epilog=runinfo.RUN_KEYS_HELP,
+            formatter_class=_Raw,
+        )
+        runs.add_argument("--limit", type=int, default=20, help="at most this many (20)")
+        runs.add_argument("--status", default=None, help="only runs with this status")
+        runs.add_argument("--workflow", default=None, help="only runs of this workflow id")
+        runs.add_argument(
+            "--json", dest="as_json", action="store_true", help="print one JSON document"
+        )
+        show = sub.add_parser(
+            "show",
+            help="a run: status, times, error, steps with attempts, children, interventions",
+            epilog=runinfo.RUN_KEYS_HELP,
+            formatter_class=_Raw,
+        )
+        show.add_argument("run_id", metavar="RUN_ID")
+        show.add_argument(
+            "--json", dest="as_json", action="store_true", help="print one JSON document"
+        )
         limits = sub.add_parser(
             "limits", help="flow control: each workflow's limits, and per key what runs and waits"
         )
         limits.add_argument("--workflow", default=None, help="only this workflow")
         retry = sub.add_parser("retry", help="resume failed runs where they failed")
         retry.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        _reason(retry)
+        _wait_options(retry)
         rerun = sub.add_parser("rerun", help="start new runs of the same events, from the top")
         rerun.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+        _reason(rerun)
+        _wait_options(rerun)
+        fork = sub.add_parser(
+            "fork",
+            help="start a new run of the same event that keeps the outputs of the steps "
+            "before STEP and executes from it",
+        )
+        fork.add_argument("run_id", metavar="RUN_ID")
+        fork.add_argument(
+            "--from",
+            dest="from_step",
+            required=True,
+            metavar="STEP",
+            help="the step id to execute from (`show RUN_ID` lists them)",
+        )
+        _reason(fork)
+        _wait_options(fork)
         cancel = sub.add_parser("cancel", help="stop runs before their next step")
         cancel.add_argument("run_ids", nargs="+", metavar="RUN_ID")
         cancel.add_argument(
@@ -52,8 +101,11 @@ class Command(BaseCommand):
             action="store_true",
             help="leave running the runs they started with step.invoke",
         )
+        _reason(cancel)
         replay = sub.add_parser("replay", help="start fresh runs of events")
         replay.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
+        _reason(replay)
+        _wait_options(replay)
         recover = sub.add_parser("recover", help="find stuck runs and resume them")
         recover.add_argument(
             "--dry-run", action="store_true", help="list the stuck runs, resume nothing"
@@ -67,7 +119,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
 
-    def do_send(self, name: str, data: str, id: str | None, **_: Any) -> None:
+    # -- sending and looking ----------------------------------------------------------
+
+    def do_send(
+        self,
+        name: str,
+        data: str,
+        id: str | None,
+        wait: bool = False,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> None:
         try:
             payload = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -76,32 +138,63 @@ class Command(BaseCommand):
             ids = api.send(name, data=payload, id=id)
         except StepflowsError as exc:
             raise CommandError(str(exc)) from None
-        runs = Run.objects.filter(event_id__in=ids)
-        self.stdout.write(f"event {ids[0]}: started {runs.count()} run(s)")
+        runs = list(Run.objects.filter(event_id__in=ids).order_by("created_at"))
+        if not runs:
+            self.stdout.write(f"event {ids[0]}: {_nothing_started(name)}")
+            return
+        self.stdout.write(f"event {ids[0]}: started {len(runs)} run(s)")
         for run in runs:
             self.stdout.write(f"  {run.id}  {run.workflow_id}")
+        self._wait(wait, timeout, [r.id for r in runs])
 
-    def do_runs(self, limit: int, status: str | None, workflow: str | None, **_: Any) -> None:
+    def do_runs(
+        self,
+        limit: int,
+        status: str | None,
+        workflow: str | None,
+        as_json: bool = False,
+        **_: Any,
+    ) -> None:
         qs = Run.objects.select_related("event").order_by("-created_at")
         if status:
             qs = qs.filter(status=status)
         if workflow:
             qs = qs.filter(workflow_id=workflow)
         rows = list(qs[:limit])
-        running = _running_steps([r.id for r in rows if r.status == RunStatus.WAITING])
-        waits = _wait_details(
-            [r.id for r in rows if r.status == RunStatus.WAITING and r.waiting_for]
-        )
-        lines = line_figures(r.id for r in rows if is_held(r))
+        documents = runinfo.summaries(rows)
+        if as_json:
+            self.stdout.write(runinfo.to_json({"runs": documents}))
+            return
+        # On a terminal, ids are cut to the 8 characters every verb accepts, so a line
+        # fits 120 columns; piped (scripts, grep), each line starts with the full id.
+        short = self.stdout.isatty()
+        id_width = 8 if short else 36
+        # An error's first line is cut to fit the terminal (100 characters when piped).
+        room = shutil.get_terminal_size((120, 24)).columns - id_width - 78 if short else 100
         self.stdout.write(
-            f"{'run':36}  {'workflow':24} {'status':10} {'event':28} {'created':19}  now"
+            f"{'run':{id_width}}  {'workflow':18} {'status':10} {'event':18} {'created':11} "
+            f"{'took':>7} {'steps':>5}  now / error"
         )
-        for run in rows:
-            now = _now_text(run, running.get(run.id, []), waits.get(run.id), lines.get(run.id))
+        for run, doc in zip(rows, documents, strict=True):
+            tail = doc["now"]
+            if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+                tail = runinfo.error_line(run.error, max(30, room), compact=True)
+            steps = f"{doc['steps_done']}/{doc['steps_total']}"
             self.stdout.write(
-                f"{run.id!s:36}  {run.workflow_id[:24]:24} {self._status(run.status, 10)} "
-                f"{run.event.name[:28]:28} {run.created_at:%Y-%m-%d %H:%M:%S}  {now}"
+                f"{str(run.id)[:id_width]:{id_width}}  {run.workflow_id[:18]:18} "
+                f"{self._status(run.status, 10)} {run.event.name[:18]:18} "
+                f"{_created(run):11} {runinfo.duration_text(doc['duration']):>7} "
+                f"{steps:>5}  {tail}".rstrip()
             )
+
+    def do_show(self, run_id: str, as_json: bool = False, **_: Any) -> None:
+        run = _find_run(run_id)
+        document = runinfo.detail(run)
+        if as_json:
+            self.stdout.write(runinfo.to_json(document))
+            return
+        for line in runinfo.show_lines(document):
+            self.stdout.write(line)
 
     def _status(self, status: str, width: int) -> str:
         """A status padded to ``width``, coloured like the admin's badges on a terminal."""
@@ -110,6 +203,13 @@ class Command(BaseCommand):
         if status not in STATUS_COLOURS or self.style.SUCCESS("x") == "x":
             return status + padding
         return termcolors.make_style(**STATUS_COLOURS[status])(status) + padding
+
+    def _wait(self, wait: bool, timeout: float | None, run_ids: list[Any]) -> None:
+        if not wait or not run_ids:
+            return
+        if timeout is not None and timeout < 0:
+            raise CommandError(f"--timeout must be 0 or more seconds, not {timeout:g}")
+        wait_for_runs(run_ids, timeout=timeout, write=self.stdout.write)
 
     def do_limits(self, workflow: str | None, **_: Any) -> None:
         rows = limits_table(workflow)
@@ -139,68 +239,133 @@ class Command(BaseCommand):
         found = []
         for raw in run_ids:
             try:
-                found.append(Run.objects.get(pk=raw))
-            except (Run.DoesNotExist, ValueError, ValidationError):
-                problems.append(f"run {raw}: not found")
+                found.append(_find_run(raw))
+            except CommandError as exc:
+                problems.append(str(exc))
         return found
 
-    def _finish(self, verb: str, problems: list[str], total: int) -> None:
+    def _finish(
+        self,
+        verb: str,
+        problems: list[str],
+        total: int,
+        wait: bool = False,
+        timeout: float | None = None,
+        started: list[Any] | None = None,
+    ) -> None:
+        """Report the ids that could not be acted on, then wait for the runs acted on."""
         for line in problems:
             self.stderr.write(line)
+        try:
+            self._wait(wait, timeout, started or [])
+        finally:
+            if problems:
+                self.stderr.write(f"{len(problems)} of {total} could not be {verb}; see above")
         if problems:
             raise CommandError(f"{len(problems)} of {total} could not be {verb}; see above")
 
-    def do_retry(self, run_ids: list[str], **_: Any) -> None:
+    def do_retry(
+        self,
+        run_ids: list[str],
+        reason: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> None:
         problems: list[str] = []
+        retried = []
         for run in self._runs(run_ids, problems):
             try:
-                api.retry_run(run)
-            except StepflowsError as exc:
+                api.retry_run(run, by=BY, reason=reason)
+            except (StepflowsError, Run.DoesNotExist) as exc:
                 problems.append(str(exc))
                 continue
+            retried.append(run.id)
             self.stdout.write(f"retried {run.id}  {run.workflow_id}: resuming where it failed")
-        self._finish("retried", problems, len(run_ids))
+        self._finish("retried", problems, len(run_ids), wait, timeout, retried)
 
-    def do_rerun(self, run_ids: list[str], **_: Any) -> None:
+    def do_rerun(
+        self,
+        run_ids: list[str],
+        reason: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> None:
         problems: list[str] = []
+        started = []
         for run in self._runs(run_ids, problems):
             try:
-                new = api.rerun(run)
+                new = api.rerun(run, by=BY, reason=reason)
             except StepflowsError as exc:
                 problems.append(f"run {run.id}: {exc}")
                 continue
+            started.append(new.id)
             self.stdout.write(f"rerun {run.id}  {run.workflow_id}: new run {new.id}")
-        self._finish("rerun", problems, len(run_ids))
+        self._finish("rerun", problems, len(run_ids), wait, timeout, started)
 
-    def do_cancel(self, run_ids: list[str], keep_children: bool = False, **_: Any) -> None:
+    def do_fork(
+        self,
+        run_id: str,
+        from_step: str,
+        reason: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> None:
+        run = _find_run(run_id)
+        try:
+            new = api.fork_run(run, from_step=from_step, by=BY, reason=reason)
+        except (StepflowsError, Run.DoesNotExist) as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"forked {run.id}  {run.workflow_id} from step {from_step!r}: new run {new.id}"
+        )
+        self._wait(wait, timeout, [new.id])
+
+    def do_cancel(
+        self, run_ids: list[str], keep_children: bool = False, reason: str = "", **_: Any
+    ) -> None:
         problems: list[str] = []
         for run in self._runs(run_ids, problems):
-            if api.cancel_run(run, children=not keep_children):
+            if api.cancel_run(run, children=not keep_children, by=BY, reason=reason):
                 self.stdout.write(f"cancelled {run.id}  {run.workflow_id}")
             else:
                 fresh = Run.objects.get(pk=run.pk)
                 self.stdout.write(f"left {run.id}  {run.workflow_id}: already {fresh.status}")
         self._finish("cancelled", problems, len(run_ids))
 
-    def do_replay(self, event_ids: list[str], **_: Any) -> None:
+    def do_replay(
+        self,
+        event_ids: list[str],
+        reason: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> None:
         problems: list[str] = []
         events = []
         for raw in event_ids:
             event = Event.objects.filter(pk=raw).first()
             if event is None:
-                problems.append(f"event {raw}: not found")
+                problems.append(
+                    f"event {raw}: not found "
+                    "(`manage.py stepflows show RUN_ID` shows the event of a run)"
+                )
             else:
                 events.append(event)
+        started = []
         for event in events:
             try:
-                runs = api.replay_event(event)
+                runs = api.replay_event(event, by=BY, reason=reason)
             except StepflowsError as exc:
                 problems.append(str(exc))
                 continue
             self.stdout.write(f"replayed {event.id} ({event.name}): started {len(runs)} run(s)")
             for run in runs:
+                started.append(run.id)
                 self.stdout.write(f"  {run.id}  {run.workflow_id}")
-        self._finish("replayed", problems, len(event_ids))
+        self._finish("replayed", problems, len(event_ids), wait, timeout, started)
 
     def do_recover(self, dry_run: bool, limit: int, **_: Any) -> None:
         from ...engine.recovery import recover_stuck_runs
@@ -281,71 +446,76 @@ STATUS_COLOURS: dict[str, dict[str, Any]] = {
 }
 
 
-def _running_steps(run_ids: list[Any]) -> dict[Any, list[tuple[str, str]]]:
-    """For waiting runs: their parallel steps being executed, with the worker of each."""
-    found: dict[Any, list[tuple[str, str]]] = {}
-    rows = Step.objects.filter(run_id__in=run_ids, status=StepStatus.RUNNING).values_list(
-        "run_id", "step_id", "lease_owner"
+class _Raw(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of the JSON keys' description in ``--help``."""
+
+
+def _wait_options(parser: CommandParser) -> None:
+    parser.add_argument("--wait", action="store_true", help=WAIT_HELP)
+    parser.add_argument("--timeout", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
+
+
+def _reason(parser: CommandParser) -> None:
+    parser.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="why: recorded in the run's audit trail, with 'command line' as who",
     )
-    for run_id, step_id, owner in rows:
-        found.setdefault(run_id, []).append((step_id, worker_of(owner)))
-    return found
 
 
-def _wait_details(run_ids: list[Any]) -> dict[Any, dict[str, Any]]:
-    """For runs in a durable wait: the details of the step each waits in (``Step.wait``)."""
-    found: dict[Any, dict[str, Any]] = {}
-    rows = Step.objects.filter(
-        run_id__in=run_ids, status=StepStatus.SCHEDULED, kind__in=[WaitKind.EVENT, WaitKind.INVOKE]
-    ).order_by("position")
-    for run_id, wait in rows.values_list("run_id", "wait"):
-        if isinstance(wait, dict):
-            found[run_id] = wait
-    return found
+def _find_run(raw: str) -> Run:
+    """A run by its id, or by the first 8 or more characters of it (as `runs` shows them)."""
+    text = raw.strip()
+    try:
+        return Run.objects.select_related("event").get(pk=uuid.UUID(text))
+    except ValueError:
+        pass
+    except Run.DoesNotExist:
+        raise CommandError(
+            f"run {raw}: not found; `manage.py stepflows runs` lists recent runs"
+        ) from None
+    digits = text.replace("-", "").lower()
+    if not (8 <= len(digits) < 32 and all(c in "0123456789abcdef" for c in digits)):
+        raise CommandError(
+            f"run {raw}: not a run id (a UUID, or its first 8 or more characters); "
+            "`manage.py stepflows runs` lists recent runs"
+        )
+    low = uuid.UUID(digits + "0" * (32 - len(digits)))
+    high = uuid.UUID(digits + "f" * (32 - len(digits)))
+    found = list(Run.objects.select_related("event").filter(pk__gte=low, pk__lte=high)[:3])
+    if not found:
+        raise CommandError(f"run {raw}: not found; `manage.py stepflows runs` lists recent runs")
+    if len(found) > 1:
+        raise CommandError(
+            f"run {raw}: more than one run id starts with it ({found[0].id}, {found[1].id}"
+            f"{', ...' if len(found) > 2 else ''}); give more of the id"
+        )
+    return found[0]
 
 
-def _wait_text(run: Run, wait: dict[str, Any] | None) -> str:
-    """A durable wait in a few words: sleep until 12:00:03, event shop/paid, run 1a2b3c4d."""
-    wait = wait or {}
-    until = local_time(run.wait_until)
-    if run.waiting_for == WaitKind.SLEEP:
-        return f"waiting: sleep until {until or '?'}"
-    if run.waiting_for == WaitKind.EVENT:
-        text = f"waiting: event {wait.get('event') or '?'}"
-        if wait.get("match"):
-            text += f" with {wait['match']} = {json.dumps(wait.get('value'), default=str)}"
-        return text + (f", times out at {until}" if until else "")
-    if run.waiting_for == WaitKind.INVOKE:
-        child = str(wait.get("child") or "?")
-        text = f"waiting: run {child}"
-        if wait.get("workflow"):
-            text += f" ({wait['workflow']})"
-        return text + (f", times out at {until}" if until else "")
-    return f"waiting: {run.waiting_for}"
+def _created(run: Run) -> str:
+    """When the run was created: the time of day today, else the date and minute."""
+    local = timezone.localtime(run.created_at)
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%m-%d %H:%M")
 
 
-def _now_text(
-    run: Run,
-    running: list[tuple[str, str]],
-    wait: dict[str, Any] | None = None,
-    line: tuple[int, int] | None = None,
-) -> str:
-    """What is happening to an active run right now, in a few words; why a run was skipped."""
-    if run.status == RunStatus.SKIPPED:
-        return f"skipped: {skip_reason(run)}"
-    if is_held(run):
-        in_use, place = line or (None, None)
-        return f"waiting: {hold_text(run, in_use=in_use, place=place)}"
-    if run.status == RunStatus.RUNNING and run.lease_owner:
-        return f"executing on {worker_of(run.lease_owner)}"
-    if running:
-        steps = ", ".join(f"{step} on {worker}" for step, worker in running[:3])
-        more = f" and {len(running) - 3} more" if len(running) > 3 else ""
-        return f"running {steps}{more}"
-    if run.status == RunStatus.WAITING and run.waiting_for:
-        return _wait_text(run, wait)
-    if run.status == RunStatus.WAITING and run.join_pending:
-        return f"waiting for {run.join_pending} parallel step(s)"
-    if run.status == RunStatus.WAITING:
-        return "waiting for a retry"
-    return ""
+def _nothing_started(name: str) -> str:
+    """Why an event started no run, with the nearest trigger names when none listens to it."""
+    listening = sorted(wf.id for wf in registry.all() if any(t.event == name for t in wf.triggers))
+    if listening:
+        return (
+            f"started no run; {', '.join(listening)} listen(s) to {name!r}, but a trigger filter "
+            "or flow control (idempotency, debounce, batch) started nothing new"
+        )
+    names = sorted({t.event for wf in registry.all() for t in wf.triggers})
+    text = f"no workflow listens to {name!r}; nothing started (the event is stored)"
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if close:
+        return text + f". Did you mean: {', '.join(close)}?"
+    if names:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        return text + f". Workflows listen to: {shown}"
+    return text + ". No workflow is registered: is its workflows.py in an installed app?"
