@@ -161,10 +161,11 @@ def cancel_run(
 
     A running run stops before its next step: the worker executing it finds its
     lease gone at its next write or heartbeat. A step already running finishes,
-    and its outcome is not recorded. A sleeping or waiting run is cancelled at
-    once, its waits dropped. Runs it started with ``step.invoke`` are cancelled
-    too, unless ``children`` is False. The run's error says who cancelled it,
-    when, and why: ``cancelled by alice at 2026-11-27 19:04:05 UTC: <reason>``.
+    and its outcome is recorded on the step, marked ``after_cancel``. A sleeping
+    or waiting run is cancelled at once, its waits dropped. Runs it started with
+    ``step.invoke`` are cancelled too, unless ``children`` is False. The run's
+    error says who cancelled it, when, and why:
+    ``cancelled by alice at 2026-11-27 19:04:05 UTC: <reason>``.
     """
     actor = Actor.of(by, user, reason)
     run_id = _run(run).pk

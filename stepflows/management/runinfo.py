@@ -22,6 +22,7 @@ from ..admin.flow_text import hold_text, line_figures, skip_reason
 from ..models import Intervention, Run, RunStatus, Step, StepStatus, WaitKind
 from ..store.fence import worker_of
 from ..timeline import format_seconds, local_time
+from ..timeline.lanes import parse_time
 
 RUN_KEYS_HELP = """\
 runs --json prints {"runs": [RUN, ...]}, newest first. RUN: id, workflow, status,
@@ -87,16 +88,6 @@ def error_line(error: Any, width: int | None = None, *, compact: bool = False) -
     if step is not None:
         return first_line(f"{step[1]}: {step[2]}" if compact else message, width)
     return first_line(f"{found['type']}: {message}" if message else found["type"], width)
-
-
-def _parse(value: Any) -> datetime | None:
-    if isinstance(value, datetime) or value is None:
-        return value
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -190,8 +181,8 @@ def step_document(step: Step) -> dict[str, Any]:
         attempts.append(
             {
                 "number": int(item.get("number", i) or 0),
-                "started_at": _parse(item.get("started_at")),
-                "ended_at": _parse(item.get("ended_at")),
+                "started_at": parse_time(item.get("started_at")),
+                "ended_at": parse_time(item.get("ended_at")),
                 "worker": str(item.get("worker") or ""),
                 "error": error_of(item.get("error")),
             }
