@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-sample lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,18 @@ test: $(STAMP)
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	DATABASE_URL="$${DATABASE_URL:-$${STEPFLOWS_TEST_DATABASE_URL:-}}" \
+	  CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${STEPFLOWS_TEST_BROKER_URL:-filesystem://}}" \
+	  $(MAKE) test-sample
+
+## test-sample: the sample project's tests (samples/shop, made with startproject): workflows
+## in process and on a real worker (SQLite + files; DATABASE_URL / CELERY_BROKER_URL for others)
+test-sample: $(STAMP)
+	cd samples/shop && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
-	$(BIN)/ruff check stepflows project tests
+	$(BIN)/ruff check stepflows project tests samples
 	$(BIN)/ruff format --check stepflows project tests
 	$(BIN)/mypy stepflows project
 

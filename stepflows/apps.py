@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
@@ -9,6 +11,12 @@ class StepflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+
+        if os.environ.get("STEPFLOWS_TEST_DATABASE_NAME") or os.environ.get("STEPFLOWS_TEST_QUEUE"):
+            # A worker started by stepflows.testing for a test: the test database, its queue.
+            from .testing.live import apply_worker_overrides
+
+            apply_worker_overrides()
 
         # Like admin.py: every installed app's workflows.py registers its workflows.
         autodiscover_modules("workflows")

@@ -50,6 +50,9 @@ class StepflowsSettings(BaseModel):
     """Recoveries of one run before it is failed with RecoveryLimitError."""
     QUEUE: str | None = None
     """Celery queue for stepflows' tasks; None uses the project's default queue."""
+    TRACING: bool | None = None
+    """OpenTelemetry spans (needs ``stepflows[otel]``): True on, False off; None (the
+    default) on when the process has set a TracerProvider of its own."""
     ADMIN_SHOW_CELERY_RESULTS: bool = False
     """Show django-celery-results' task, group and chord rows in the admin index. Hidden
     by default (stepflows keeps its state in its own rows); a project that registers

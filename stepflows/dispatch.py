@@ -6,6 +6,8 @@ module imports no engine and no task module: it names the tasks
 and lets the project's Celery app route them. A :class:`Publisher` does the
 sending; :func:`use` swaps it, which is how the in-process test driver
 (:class:`stepflows.testing.InProcess`) runs messages in the test process.
+Each message carries, when OpenTelemetry tracing is on, the trace context of
+the code that made it (a ``trace`` keyword, see :mod:`stepflows.tracing`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from celery import current_app, group, signature
 
+from . import tracing
 from .conf import get_settings
 
 EXECUTE_RUN = "stepflows.execute_run"
@@ -93,7 +96,7 @@ def publish(messages: list[Message]) -> None:
 def execute_run(run_id: Any, *, wake: int | None = None, countdown: float | None = None) -> Message:
     """An invocation of the run (for its wake-up number ``wake``, see ``Run.wake``)."""
     kwargs = {"wake": wake} if wake is not None else {}
-    return Message(EXECUTE_RUN, (str(run_id),), kwargs, countdown or None)
+    return Message(EXECUTE_RUN, (str(run_id),), tracing.stamp(kwargs), countdown or None)
 
 
 def run_step(run_id: Any, step_id: str, position: int, group: int) -> Message:
@@ -101,9 +104,9 @@ def run_step(run_id: Any, step_id: str, position: int, group: int) -> Message:
 
     It names no wake-up: the step's own lease decides which task runs it.
     """
-    return Message(RUN_STEP, (str(run_id), step_id, position, group))
+    return Message(RUN_STEP, (str(run_id), step_id, position, group), tracing.stamp({}))
 
 
 def resume_run(run_id: Any, *, wake: int) -> Message:
     """The chord callback: re-invoke a run whose parallel group finished."""
-    return Message(RESUME_RUN, (str(run_id),), {"wake": wake})
+    return Message(RESUME_RUN, (str(run_id),), tracing.stamp({"wake": wake}))

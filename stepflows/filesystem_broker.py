@@ -13,6 +13,7 @@ and ``broker_url = "filesystem://"``; ``project/backends.py`` does so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from queue import Empty
@@ -21,6 +22,11 @@ from typing import Any
 from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
+
+# Remote-control messages (celery.pidbox: ping, inspect) and their replies; a
+# reply is awaited for seconds, so one unread after a minute never will be.
+PIDBOX_SUFFIX = ".pidbox.msg"
+PIDBOX_TTL_NS = 60 * 10**9
 
 
 class Channel(filesystem.Channel):
@@ -46,7 +52,12 @@ class Channel(filesystem.Channel):
         wanted = f"{queue}.msg"
         claimed = self._claimed_folder()
         for filename in sorted(os.listdir(self.data_folder_in)):
-            if filename.startswith(".") or filename.partition(".")[2] != wanted:
+            if filename.startswith("."):
+                continue
+            target_queue = filename.partition(".")[2]
+            if target_queue != wanted:
+                if target_queue.endswith(PIDBOX_SUFFIX):
+                    self._drop_if_stale(filename)
                 continue
             target = os.path.join(claimed, filename)
             try:
@@ -60,6 +71,18 @@ class Channel(filesystem.Channel):
                 os.remove(target)
             return loads(bytes_to_str(payload))
         raise Empty()
+
+    def _drop_if_stale(self, filename: str) -> None:
+        """Delete a remote-control message (a ping) nobody read for ``PIDBOX_TTL_NS``.
+
+        A broadcast is copied into the queue of every worker that ever bound the
+        fanout exchange, and a stopped worker's binding stays in the exchange
+        file: its copies would pile up in the folder every consumer lists.
+        """
+        sent, _, _ = filename.partition("_")
+        if sent.isdigit() and int(sent) < _now_ns() - PIDBOX_TTL_NS:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.data_folder_in, filename))
 
 
 def _now_ns() -> int:

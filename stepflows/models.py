@@ -90,6 +90,9 @@ class Event(models.Model):
         related_name="sent_events",
     )
     received_at = models.DateTimeField(_("received at"), default=timezone.now)
+    # The sender's W3C trace context (traceparent), when OpenTelemetry tracing is on:
+    # the runs it starts are its children (see stepflows.tracing).
+    trace = models.CharField(_("trace context"), max_length=128, blank=True, default="")
 
     class Meta:
         verbose_name = _("event")
@@ -335,6 +338,9 @@ class Step(models.Model):
     wake_at = models.DateTimeField(_("wakes at"), null=True, blank=True)
     # A waiting step's details (event name and match value, child run...).
     wait = models.JSONField(_("wait"), null=True, blank=True)
+    # Lines the step's code logged with ctx.logger, bounded: {"lines": [{"at", "level",
+    # "attempt", "message"}], "dropped": n} (see stepflows.context.StepLog).
+    logs = models.JSONField(_("log lines"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("step")

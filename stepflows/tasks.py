@@ -35,24 +35,39 @@ def _retry_later(task: Any, exc: Exception, token: str) -> Exception:
     )
 
 
-def _invoke(task: Any, run_id: str, wake: int | None, token: str | None) -> None:
+def _invoke(task: Any, run_id: str, wake: int | None, token: str | None, trace: str | None) -> None:
     token = token or new_token()
     try:
-        run_invocation(run_id, wake=wake, token=token)
+        run_invocation(run_id, wake=wake, token=token, trace=trace)
     except TRANSIENT_DB_ERRORS as exc:
         raise _retry_later(task, exc, token) from exc
 
 
 @shared_task(name="stepflows.execute_run", bind=True, ignore_result=True, **ONCE)
-def execute_run(self: Any, run_id: str, wake: int | None = None, token: str | None = None) -> None:
-    """Invoke a run's workflow function (its first invocation, or after a retry delay)."""
-    _invoke(self, run_id, wake, token)
+def execute_run(
+    self: Any,
+    run_id: str,
+    wake: int | None = None,
+    token: str | None = None,
+    trace: str | None = None,
+) -> None:
+    """Invoke a run's workflow function (its first invocation, or after a retry delay).
+
+    ``trace``: the W3C traceparent of the code that sent the message (see stepflows.tracing).
+    """
+    _invoke(self, run_id, wake, token, trace)
 
 
 @shared_task(name="stepflows.resume_run", bind=True, ignore_result=True, **ONCE)
-def resume_run(self: Any, run_id: str, wake: int | None = None, token: str | None = None) -> None:
+def resume_run(
+    self: Any,
+    run_id: str,
+    wake: int | None = None,
+    token: str | None = None,
+    trace: str | None = None,
+) -> None:
     """Chord callback of a parallel group: re-invoke the run with every step's output."""
-    _invoke(self, run_id, wake, token)
+    _invoke(self, run_id, wake, token, trace)
 
 
 @shared_task(name="stepflows.run_step", bind=True, ignore_result=True, max_retries=None, **ONCE)
@@ -64,11 +79,14 @@ def run_step(
     group: int,
     wake: int | None = None,
     token: str | None = None,
+    trace: str | None = None,
 ) -> None:
     """Run one step of a parallel group; retried on its own until it finishes."""
     token = token or new_token()
     try:
-        outcome = execute_step_task(run_id, step_id, position, group, wake=wake, token=token)
+        outcome = execute_step_task(
+            run_id, step_id, position, group, wake=wake, token=token, trace=trace
+        )
     except TRANSIENT_DB_ERRORS as exc:
         raise _retry_later(self, exc, token) from exc
     if outcome.retry_in is not None:

@@ -56,6 +56,12 @@ LOGGING = {
     "loggers": {"stepflows": {"level": "INFO"}},
 }
 
+if os.environ.get("STEPFLOWS_TEST_WORKER") and os.environ.get("STEPFLOWS_TEST_SPANS"):
+    # A worker whose OpenTelemetry spans a test reads (tests/testapp/spans.py).
+    from tests.testapp.spans import install as _install_span_file
+
+    _install_span_file(os.environ["STEPFLOWS_TEST_SPANS"])
+
 # The fault-injection suite's workers with embedded beat recover runs every second.
 CELERY_BEAT_SCHEDULE = beat_schedule(
     float(os.environ.get("STEPFLOWS_TEST_RECOVERY_INTERVAL", "30")), queue=STEPFLOWS["QUEUE"]

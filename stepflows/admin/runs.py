@@ -68,6 +68,7 @@ STEP_FIELDS = (
     "kind",
     "wake_at",
     "wait",
+    "logs",
 )
 
 

@@ -61,6 +61,7 @@ class StepAdmin(ReadOnlyAdmin):
         "output",
         "error",
         "attempts",
+        "logs",
     )
     readonly_fields = fields
 
@@ -108,9 +109,34 @@ def step_row(step: Step, children: dict[str, Run], now: datetime | None = None) 
         "error": error,
         "traceback": trim_traceback(str((error or {}).get("traceback") or "")),
         "attempts": attempts,
+        # Lines its code logged with ctx.logger (bounded, see stepflows.context.StepLog).
+        "logs": log_lines(step),
+        "logs_dropped": (step.logs or {}).get("dropped", 0) if isinstance(step.logs, dict) else 0,
         # The sub-table is worth a row when there is more than one plain success to show.
         "show_attempts": len(bars) > 1 or failed > 0 or any(a.end is None for a in bars),
     }
+
+
+def log_lines(step: Step) -> list[dict[str, Any]]:
+    """The step's ``ctx.logger`` lines, oldest first, their times parsed."""
+    stored = step.logs if isinstance(step.logs, dict) else {}
+    lines = []
+    for line in stored.get("lines") or []:
+        if not isinstance(line, dict):
+            continue
+        try:
+            at: datetime | None = datetime.fromisoformat(str(line.get("at")))
+        except ValueError:
+            at = None
+        lines.append(
+            {
+                "at": at,
+                "level": str(line.get("level", "")),
+                "attempt": line.get("attempt"),
+                "message": str(line.get("message", "")),
+            }
+        )
+    return lines
 
 
 def since_first_attempt(step: Step, bars: list[Any], now: datetime) -> float | None:

@@ -36,6 +36,7 @@ from ..serialization import restore, to_json
 from ..store.fence import worker_name
 from ..store.records import StepRecord
 from ..store.steps import StateLimitExceeded
+from . import report
 from .calls import StepCall, current_step
 from .control import StepOutcome
 from .retry import decide
@@ -106,9 +107,17 @@ def _alarm(call: StepCall, inv: Invocation) -> Iterator[bool]:
 
 
 def _start(inv: Invocation, call: StepCall) -> Any:
-    inv.ctx.attempt = call.record.attempt_number if call.record else 0
+    record = call.record
+    inv.ctx.begin_step(
+        call.step_id, record.attempt_number if record else 0, record.logs if record else None
+    )
     current_step.set(call.step_id)
     return clock.now()
+
+
+def _ended(inv: Invocation) -> None:
+    current_step.set(None)
+    inv.ctx.end_step()
 
 
 def attempt_sync(inv: Invocation, call: StepCall) -> StepOutcome:
@@ -132,10 +141,10 @@ def attempt_sync(inv: Invocation, call: StepCall) -> StepOutcome:
     except TRANSIENT_DB_ERRORS:
         raise  # the database went away under the step: the task retries, nothing counted
     except BaseException as exc:
-        current_step.set(None)
+        _ended(inv)
         return record_failure(inv, call, started, exc)
     finally:
-        current_step.set(None)
+        _ended(inv)
     return record_success(inv, call, started, value)
 
 
@@ -164,10 +173,10 @@ async def attempt_async(inv: Invocation, call: StepCall) -> StepOutcome:
     except TRANSIENT_DB_ERRORS:
         raise
     except BaseException as exc:
-        current_step.set(None)
+        _ended(inv)
         return await sync_to_async(record_failure)(inv, call, started, exc)
     finally:
-        current_step.set(None)
+        _ended(inv)
     return await sync_to_async(record_success)(inv, call, started, value)
 
 
@@ -240,6 +249,10 @@ def next_record(
 
 
 def _store(inv: Invocation, call: StepCall, record: StepRecord) -> StepOutcome:
+    # The ctx.logger lines of the attempt go in the same statement as the attempt.
+    kept = call.record.logs if call.record else None
+    ctx = getattr(inv, "ctx", None)
+    record.logs = ctx.step_lines(kept) if ctx is not None else kept
     stored = inv.store_attempt(record, exists=call.record is not None)
     inv.memo.put(stored)
     call.record = stored
@@ -303,4 +316,24 @@ def record_failure(
         record = next_record(
             call, started, status=StepStatus.SCHEDULED, error=error, retry_at=retry_at
         )
-    return _store(inv, call, record)
+    outcome = _store(inv, call, record)
+    stored = call.record
+    if stored is record or (
+        stored is not None
+        and stored.attempt_count == record.attempt_count
+        and stored.status == record.status
+    ):
+        # Stored as this attempt's outcome (not one a duplicate task recorded first).
+        if decision.delay is None:
+            report.step_failed(inv.workflow_id, inv.run_id, call.step_id, number, error)
+        else:
+            report.step_retrying(
+                inv.workflow_id,
+                inv.run_id,
+                call.step_id,
+                number,
+                inv.retries,
+                error,
+                outcome.retry_in if outcome.retry_in is not None else decision.delay,
+            )
+    return outcome

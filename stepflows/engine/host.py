@@ -21,6 +21,7 @@ class Host(Protocol):
     run_id: str
     token: str
     workflow: Any
+    workflow_id: str
     ctx: Context
     ids: StepIds
     memo: Memo

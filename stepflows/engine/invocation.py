@@ -15,7 +15,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
-from .. import clock
+from .. import clock, tracing
 from ..conf import get_settings
 from ..context import Context
 from ..events import Event
@@ -59,6 +59,9 @@ class Invocation:
         self.run = run
         self.run_id = str(run.id)
         self.workflow = workflow
+        self.workflow_id = workflow.id
+        # The span of this invocation (a no-op unless tracing is on, see stepflows.tracing).
+        self.span = tracing.SpanHandle()
         self.memo = memo
         self.token = token
         self.lease = lease
@@ -243,10 +246,17 @@ class Invocation:
                 step_store.record_after_cancel(self.run_id, self.token, record, exists=exists)
             raise
 
+    def _step_span(self, call: StepCall) -> Any:
+        number = call.record.attempt_number if call.record else 0
+        return tracing.step_span(self.workflow.id, self.run_id, call.step_id, number)
+
     def attempt_sync(self, call: StepCall) -> StepOutcome:
         self.begin_attempt(call)
         try:
-            return attempts.attempt_sync(self, call)
+            with self._step_span(call) as span:
+                outcome = attempts.attempt_sync(self, call)
+                _traced(span, outcome)
+                return outcome
         finally:
             self.end_attempt()
             self.attempt = None
@@ -254,7 +264,10 @@ class Invocation:
     async def attempt_async(self, call: StepCall) -> StepOutcome:
         self.begin_attempt(call)
         try:
-            return await attempts.attempt_async(self, call)
+            with self._step_span(call) as span:
+                outcome = await attempts.attempt_async(self, call)
+                _traced(span, outcome)
+                return outcome
         finally:
             self.end_attempt()
             self.attempt = None
@@ -311,6 +324,18 @@ class Invocation:
     def group_pending(self, plan: parallel.Plan) -> BaseException:
         """A group has unfinished steps: suspend the run and send them."""
         return self.suspend(Suspend(planned=parallel.planned_steps(self, plan)))
+
+
+def _traced(span: tracing.SpanHandle, outcome: StepOutcome) -> None:
+    if span.span is None:
+        return
+    if outcome.completed:
+        span.set_status(StepStatus.COMPLETED)
+    elif outcome.error is not None:
+        error = outcome.error
+        span.set_status(StepStatus.FAILED, f"{error.error_type}: {error.error_message}")
+    else:
+        span.set_status("retrying", "the attempt failed; retried")
 
 
 class _Attempt:

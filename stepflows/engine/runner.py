@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .. import clock
+from .. import clock, tracing
 from ..conf import get_settings
 from ..events import Event
 from ..exceptions import (
@@ -28,7 +28,7 @@ from ..store import runs as run_store
 from ..store import steps as step_store
 from ..store.fence import LeaseLost, new_token
 from ..store.records import StepRecord
-from . import waits
+from . import report, waits
 from .attempts import TRANSIENT_DB_ERRORS, error_dict, record_failure
 from .calls import StepCall
 from .control import StepOutcome, Suspend, TargetReached
@@ -92,25 +92,41 @@ def _stopped(where: str, lost: LeaseLost) -> None:
         )
 
 
-def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) -> None:
+def execute_run(
+    run_id: Any, wake: int | None = None, token: str | None = None, trace: str | None = None
+) -> None:
     """Invoke the run's workflow function once, from the top, under the run's lease.
 
     ``wake``: the wake-up the message was sent for; a stale one does nothing.
     ``token``: the lease token of an earlier try of this same message (the
     task retries after a lost database connection), so it claims the run again
-    at once instead of waiting for its own lease to expire.
+    at once instead of waiting for its own lease to expire. ``trace``: the
+    traceparent of the invocation that sent the message (else the event's is used).
     """
     token = token or new_token()
     run = run_store.claim_run(run_id, token, wake)
     if run is None:
-        logger.debug("run %s: finished, cancelled or held by another worker; skipped", run_id)
+        if run_store.run_status(run_id) is None:
+            report.unknown_run(run_id, "execute_run")
+        else:
+            logger.debug("run %s: finished, cancelled or held by another worker; skipped", run_id)
         return
+    if run.started_at == run.progress_at:
+        report.run_started(run)  # its first claim
+    with tracing.run_span(run.workflow_id, str(run.id), trace or run.event.trace) as span:
+        _execute(run, token, span)
+
+
+def _execute(run: Run, token: str, span: tracing.SpanHandle) -> None:
     try:
         workflow = registry.get(run.workflow_id)
         event = _event_for(run, workflow)
     except StepflowsError as exc:
         caller = (run.parent_id, run.caller_step) if run.caller_step else None
-        run_store.finish_run(run.id, token, RunStatus.FAILED, error=error_dict(exc), caller=caller)
+        error = error_dict(exc)
+        if run_store.finish_run(run.id, token, RunStatus.FAILED, error=error, caller=caller):
+            span.set_status(RunStatus.FAILED, error["message"])
+            report.run_finished(run, RunStatus.FAILED, error)
         return
     with heartbeat.holding(run.id, token) as lease:
         inv = Invocation(
@@ -121,6 +137,7 @@ def execute_run(run_id: Any, wake: int | None = None, token: str | None = None) 
             token=token,
             lease=lease,
         )
+        inv.span = span
         _batch(inv)
         if workflow.flow.concurrency and not _slots(inv):
             return  # over its concurrency limit: it waits in line, in the database
@@ -182,7 +199,7 @@ def _end(inv: Invocation, status: str, **fields: Any) -> None:
             "event": {"id": event.id, "name": event.name, "data": event.data},
         }
         handler = (inv.workflow.on_failure, data, run.resumes)
-    run_store.finish_run(
+    ended = run_store.finish_run(
         run.id,
         inv.token,
         status,
@@ -192,6 +209,10 @@ def _end(inv: Invocation, status: str, **fields: Any) -> None:
         slots=bool(inv.workflow.flow.concurrency),
         **fields,
     )
+    if ended:
+        error = fields.get("error")
+        inv.span.set_status(status, error.get("message", "") if error else None)
+        report.run_finished(run, status, error)
 
 
 def _invoke(inv: Invocation) -> None:
@@ -241,11 +262,14 @@ def _finish(inv: Invocation, value: Any) -> None:
 
 def _suspend(inv: Invocation, signal: Suspend) -> None:
     if signal.written:
+        inv.span.set_status(RunStatus.WAITING)
         return  # a durable wait released the run itself
     held = run_store.suspend_run(
         inv.run.id, inv.token, planned=signal.planned, countdown=signal.countdown
     )
-    if not held:
+    if held:
+        inv.span.set_status(RunStatus.WAITING)
+    else:
         _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(inv.run.id)))
 
 
@@ -260,18 +284,21 @@ def _retry_or_fail(inv: Invocation, exc: BaseException) -> None:
     if not decision.retry:
         _end(inv, RunStatus.FAILED, error=error_dict(decision.error))
         return
-    logger.warning(
-        "%s: workflow code raised %s (attempt %d of %d); retrying in %.1f s",
-        inv.where(),
-        type(exc).__name__,
-        attempts + 1,
-        inv.retries + 1,
-        decision.delay,
-    )
     held = run_store.suspend_run(
         inv.run.id, inv.token, planned=[], countdown=decision.delay, attempts=attempts + 1
     )
-    if not held:
+    if held:
+        inv.span.set_status("retrying", type(exc).__name__)
+        report.runs_logger.warning(
+            "%s: workflow code raised %s (attempt %d of %d); retrying in %.1f s",
+            inv.where(),
+            type(exc).__name__,
+            attempts + 1,
+            inv.retries + 1,
+            decision.delay,
+            extra={"run_id": inv.run_id, "workflow_id": inv.workflow.id, "attempt": attempts},
+        )
+    else:
         _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(inv.run.id)))
 
 
@@ -285,12 +312,13 @@ def execute_step_task(
     group: int,
     wake: int | None = None,
     token: str | None = None,
+    trace: str | None = None,
 ) -> StepOutcome:
     """Run one step of a parallel group: replay up to the group, run only this step.
 
     A step that already finished (a redelivered message), or that a live task
     is executing (its heartbeat is fresh), is left alone; the returned outcome
-    says whether the task should retry later. ``token``: as for
+    says whether the task should retry later. ``token`` and ``trace``: as for
     :func:`execute_run`. ``wake`` is accepted for messages sent by earlier
     versions and not used: the step's own lease decides who runs it.
     """
@@ -301,6 +329,9 @@ def execute_step_task(
     row = (
         StepRow.objects.select_related("run__event").filter(run_id=run_id, step_id=step_id).first()
     )
+    if row is None and run_store.run_status(run_id) is None:
+        report.unknown_run(run_id, "run_step")
+        return done
     if row is None or row.position != position:
         logger.error("run %s: step task for unknown step %r at %d", run_id, step_id, position)
         return done
@@ -325,7 +356,10 @@ def execute_step_task(
         _fail_target(run, record, target, token, exc)
         return done
     memo = memo_for_step_task(run.id, group, run.resumes, record)
-    with heartbeat.holding(run.id, token, step_id, record.attempt_count) as lease:
+    with (
+        tracing.step_task(trace or run.event.trace),
+        heartbeat.holding(run.id, token, step_id, record.attempt_count) as lease,
+    ):
         inv = StepTaskInvocation(
             run=run,
             workflow=workflow,

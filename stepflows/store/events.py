@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from django.db import IntegrityError, transaction
 
-from .. import clock, dispatch
+from .. import clock, dispatch, tracing
 from ..models import Event, Run
 from .waits import share_names_and_find
 
@@ -78,9 +78,12 @@ def _insert(
         if e.id not in existing:
             fresh.append(e)
             existing.add(e.id)
+    trace = tracing.traceparent()  # the sender's span: the runs' first invocations are its
     Event.objects.bulk_create(
         [
-            Event(id=e.id, name=e.name, data=e.data, ts=e.ts, source_run_id=source_run_id)
+            Event(
+                id=e.id, name=e.name, data=e.data, ts=e.ts, source_run_id=source_run_id, trace=trace
+            )
             for e in fresh
         ]
     )
@@ -153,5 +156,11 @@ def start_failure_handler(
     with transaction.atomic(savepoint=False):
         if Event.objects.filter(id=event_id).exists():
             return
-        Event.objects.create(id=event_id, name=FAILED_EVENT, data=data, source_run_id=failed_run_id)
+        Event.objects.create(
+            id=event_id,
+            name=FAILED_EVENT,
+            data=data,
+            source_run_id=failed_run_id,
+            trace=tracing.traceparent(),
+        )
         create_runs([Run(workflow_id=handler_id, event_id=event_id, parent_id=failed_run_id)])

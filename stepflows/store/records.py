@@ -31,6 +31,7 @@ class StepRecord:
     kind: str = "run"
     wake_at: datetime | None = None
     wait: dict[str, Any] | None = None
+    logs: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> StepRecord:

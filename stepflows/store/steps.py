@@ -50,6 +50,7 @@ def _values(rec: StepRecord) -> dict[str, Any]:
         "attempts_base": rec.attempts_base,
         "lease_owner": "",
         "heartbeat_at": None,
+        "logs": rec.logs,
     }
 
 
@@ -115,6 +116,7 @@ _WRITTEN = (
     "attempts_base",
     "lease_owner",
     "heartbeat_at",
+    "logs",
 )
 
 

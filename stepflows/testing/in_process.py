@@ -1,214 +1,27 @@
-"""Helpers for testing workflows: in the test process, or against real Celery workers.
-
-In the test process, on the test database, with no worker and no broker
-(:class:`InProcess`, :func:`run_workflow`)::
-
-    import pytest
-    from stepflows.testing import run_workflow
-
-    @pytest.mark.django_db
-    def test_fulfil_order():
-        run = run_workflow(fulfil_order, {"order_id": 7})
-        assert run.status == "completed"
-
-Against real worker processes (:class:`CeleryWorker`, :func:`wait_for_run`)::
-
-    with CeleryWorker("project", env={...}, concurrency=2) as worker:
-        [event_id] = stepflows.send("shop/order.paid", data={...})
-        run = wait_for_run(Run.objects.get(event_id=event_id).id)
-"""
+"""The in-process driver: stepflows' messages run in the test process, no worker, no broker."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from django.db import connections
 
-from . import clock, dispatch
-from .dispatch import Message
-from .events import Event
-from .exceptions import StepflowsError
-from .models import Run
-from .registry import Workflow, registry
-
-
-class CeleryWorker:
-    """A real ``celery worker`` process (prefork pool) started for a test."""
-
-    def __init__(
-        self,
-        app: str,
-        *,
-        env: dict[str, str] | None = None,
-        concurrency: int = 2,
-        queues: str | None = None,
-        logfile: str | Path | None = None,
-        name: str = "stepflows-test",
-        cwd: str | Path | None = None,
-        ready_timeout: float = 60.0,
-        beat: bool = False,
-    ) -> None:
-        self.app = app
-        self.env = {**os.environ, **(env or {})}
-        self.concurrency = concurrency
-        self.queues = queues
-        self.logfile = Path(logfile) if logfile else Path(f"/tmp/{name}-{os.getpid()}.log")
-        self.name = name
-        self.cwd = cwd
-        self.ready_timeout = ready_timeout
-        # Embed celery beat (-B): the periodic tasks, such as stepflows' recovery.
-        self.beat = beat
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            self.app,
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(self.concurrency),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "INFO",
-            "--hostname",
-            f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
-            "--logfile",
-            str(self.logfile),
-        ]
-        if self.queues:
-            cmd += ["--queues", self.queues]
-        if self.beat:
-            schedule = self.logfile.with_name(f"{self.name}-beat-schedule")
-            cmd += ["--beat", "--schedule", str(schedule)]
-        return cmd
-
-    def start(self) -> CeleryWorker:
-        self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        stderr = Path(str(self.logfile) + ".stderr")
-        offset = stderr.stat().st_size if stderr.exists() else 0
-        with open(stderr, "ab") as err:
-            # Celery prints its " ready." banner line on stderr.
-            self.process = subprocess.Popen(
-                self.command(),
-                env=self.env,
-                cwd=self.cwd,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"celery worker exited at start; see {stderr}")
-            with open(stderr, "rb") as f:
-                f.seek(offset)
-                if b" ready." in f.read():
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(
-            f"celery worker not ready after {self.ready_timeout}s; see {self.logfile}"
-        )
-
-    def child_pids(self) -> list[int]:
-        """Process ids of the pool's child processes."""
-        if self.process is None:
-            return []
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except OSError:
-            return []
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker: main process and pool children."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            pass
-        self.kill()
-
-    def __enter__(self) -> CeleryWorker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def wait_for_runs(
-    run_ids: Iterable[Any], *, timeout: float = 120.0, interval: float = 0.05
-) -> list[Run]:
-    """Poll until every run is finished (completed, failed or cancelled); return them.
-
-    Raises TimeoutError naming the runs still unfinished.
-    """
-    ids = [str(r) for r in run_ids]
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = list(Run.objects.filter(id__in=ids))
-        if len(runs) == len(ids) and all(r.is_finished for r in runs):
-            order = {rid: i for i, rid in enumerate(ids)}
-            return sorted(runs, key=lambda r: order[str(r.id)])
-        if time.monotonic() > deadline:
-            pending = [f"{r.workflow_id} {r.id} ({r.status})" for r in runs if not r.is_finished]
-            raise TimeoutError(f"runs not finished after {timeout}s: {pending}")
-        time.sleep(interval)
-
-
-def wait_for_run(run_id: Any, *, timeout: float = 120.0) -> Run:
-    """Poll until the run is finished; return it."""
-    return wait_for_runs([run_id], timeout=timeout)[0]
-
-
-def runs_for(event_ids: Iterable[str]) -> list[Run]:
-    """The runs the given events started, oldest first."""
-    return list(Run.objects.filter(event_id__in=list(event_ids)).order_by("created_at"))
-
-
-# -- in the test process ---------------------------------------------------------------
+from .. import clock, dispatch
+from ..dispatch import Message
+from ..events import Event
+from ..exceptions import StepflowsError
+from ..models import Run
+from ..registry import Workflow, registry
+from .stubs import StepStubs, stubbed_steps
 
 logger = logging.getLogger("stepflows.testing")
 
@@ -232,7 +45,7 @@ def _heartbeats_disabled() -> AbstractContextManager[None]:
     lease can expire under it.
     """
     try:
-        from .engine.heartbeat import disabled
+        from ..engine.heartbeat import disabled
     except ImportError:  # an engine without heartbeats
         return contextlib.nullcontext()
     return disabled()
@@ -282,6 +95,8 @@ class InProcess:
     not slept through: the clock jumps to the message that is due next. The
     engine's heartbeat thread is off inside the block, and the clock is back
     to the real time after it; messages still queued at exit are dropped.
+    ``steps`` stubs steps by id for every run driven in the block (see
+    :mod:`stepflows.testing.stubs`).
 
     With pytest::
 
@@ -303,7 +118,8 @@ class InProcess:
                 self.assertEqual(Run.objects.get().status, "completed")
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, steps: StepStubs | None = None) -> None:
+        self.steps = dict(steps or {})
         self._queue: list[_Queued] = []
         self._seq = itertools.count()
         # The store publishes from on_commit callbacks, which may run on
@@ -335,6 +151,7 @@ class InProcess:
         with ExitStack() as stack:
             stack.enter_context(dispatch.use(self))
             stack.enter_context(_heartbeats_disabled())
+            stack.enter_context(stubbed_steps(self.steps))
             stack.callback(clock.reset)
             self._exit = stack.pop_all()
         return self
@@ -372,7 +189,7 @@ class InProcess:
     def advance(self, seconds: float) -> int:
         """Move the clock on by ``seconds``, wake the runs whose wait is then due, and run
         the queued messages; returns how many ran."""
-        from .engine.sweep import sweep
+        from ..engine.sweep import sweep
 
         clock.advance(seconds)
         sweep()
@@ -446,8 +263,8 @@ class InProcess:
     def _wake_next_wait(self, wanted: Callable[[Message], bool]) -> bool:
         """Nothing is queued: move the clock to the next due wait (a sleep, a timeout) and
         run the sweep, as celery beat would. False when no wanted run waits for a time."""
-        from .engine.sweep import sweep
-        from .store.waits import database_now
+        from ..engine.sweep import sweep
+        from ..store.waits import database_now
 
         due = Run.objects.filter(
             status__in=("waiting", "queued"), wait_until__isnull=False
@@ -476,7 +293,7 @@ class InProcess:
 
     def _execute(self, message: Message) -> None:
         # Imported here: the engine is only needed when a message runs.
-        from .engine import runner
+        from ..engine import runner
 
         if message.task in (dispatch.EXECUTE_RUN, dispatch.RESUME_RUN):
             runner.execute_run(*message.args, **message.kwargs)
@@ -507,6 +324,7 @@ def run_workflow(
     data: Any = None,
     *,
     event: str | Event | None = None,
+    steps: StepStubs | None = None,
     max_messages: int = 10_000,
 ) -> Run:
     """Send an event that triggers ``workflow``, run it to its end in this process; return its run.
@@ -521,15 +339,30 @@ def run_workflow(
     with ``step.send_event``) stay queued for ``driver.run_until_idle()``;
     otherwise they are dropped and those runs stay ``queued``.
 
-    Returns the :class:`~stepflows.models.Run`, refreshed: completed, failed
-    or cancelled. Raises :class:`InProcessError` when the event starts no run
-    of the workflow (a trigger filter said no).
+    ``steps`` stubs steps by id: ``{"charge-card": {"charged": True}}``
+    returns that value instead of calling the step's function; a callable
+    is called with the step's arguments; an exception is raised (see
+    :mod:`stepflows.testing.stubs`). A run that completes without reaching
+    a stubbed step raises :class:`InProcessError` (a misspelt step id would
+    otherwise call the real function unnoticed).
+
+    Sleeps and wait timeouts are jumped over on the engine's clock; a wait
+    for an event that nobody sends ends at its timeout (or never: then
+    :class:`InProcessError`); send the event with an :class:`InProcess`
+    driver instead (see :class:`~stepflows.testing.WorkflowTestMixin`).
+
+    Works inside ``django.test.TestCase`` (the test's transaction never
+    commits: the ``on_commit`` callbacks that start the run are run here) and
+    with ``pytest.mark.django_db``. Returns the :class:`~stepflows.models.Run`,
+    refreshed: completed, failed or cancelled. Raises :class:`InProcessError`
+    when the event starts no run of the workflow (a trigger filter said no).
 
     With pytest::
 
         @pytest.mark.django_db
         def test_fulfil_order():
-            run = run_workflow(fulfil_order, {"order_id": 7, "items": []})
+            run = run_workflow(fulfil_order, {"order_id": 7, "items": []},
+                               steps={"charge-card": {"charged": True}})
             assert run.status == "completed"
             assert run.output["charged"] is True
 
@@ -537,11 +370,12 @@ def run_workflow(
 
         class FulfilOrderTests(TestCase):
             def test_card_declined(self):
-                run = run_workflow("fulfil-order", {"order_id": 8, "card": "declined"})
+                run = run_workflow("fulfil-order", {"order_id": 8},
+                                   steps={"charge-card": NonRetriableError("declined")})
                 self.assertEqual(run.status, "failed")
                 self.assertEqual(run.error["step_id"], "charge-card")
     """
-    from .api import send
+    from ..api import send
 
     wf = _workflow(workflow)
     if isinstance(event, Event):
@@ -556,7 +390,7 @@ def run_workflow(
     driving: AbstractContextManager[InProcess] = (
         contextlib.nullcontext(active) if isinstance(active, InProcess) else InProcess()
     )
-    with driving as driver:
+    with driving as driver, stubbed_steps(steps) as stubs:
         [event_id] = send(to_send)
         # Inside a test transaction the run's first message waits in on_commit.
         run_on_commit_callbacks()
@@ -566,4 +400,11 @@ def run_workflow(
                 f"event {to_send.name!r} (id {event_id}) started no run of workflow {wf.id!r}: "
                 "its triggers do not match the event (name or if_ filter)"
             )
-        return driver.run_until_finished(run, max_messages=max_messages)
+        finished = driver.run_until_finished(run, max_messages=max_messages)
+        if finished.status == "completed" and stubs.unreached:
+            raise InProcessError(
+                f"run {finished.id} of workflow {wf.id!r} completed without reaching the "
+                f"stubbed step(s) {stubs.unreached}; its steps were "
+                f"{list(finished.steps.order_by('position').values_list('step_id', flat=True))}"
+            )
+        return finished
