@@ -39,7 +39,7 @@ test-sample: $(STAMP)
 ## lint: ruff and mypy
 lint: $(STAMP)
 	$(BIN)/ruff check stepflows project tests samples
-	$(BIN)/ruff format --check stepflows project tests
+	$(BIN)/ruff format --check stepflows project tests samples
 	$(BIN)/mypy stepflows project
 
 ## bench: stepflows vs raw Celery chords (embedded default; DATABASE_URL / CELERY_BROKER_URL

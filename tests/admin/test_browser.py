@@ -99,7 +99,7 @@ def test_log_in_retry_a_failed_run_watch_it_complete_and_compare(
 
 
 def check_in_browser(browser: Any, base: str, run: Run, parallel: Run, gate: Path) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(60_000)
 
     # Log in.

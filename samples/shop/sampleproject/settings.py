@@ -83,8 +83,9 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "db.sqlite3",
-        # SQLite with Celery workers (README, "SQLite"): WAL and immediate
-        # transactions, or concurrent writers fail with "database is locked";
+        # SQLite with Celery workers (README, "Adding stepflows to an existing Django
+        # project"): WAL and immediate transactions, or concurrent writers fail with
+        # "database is locked";
         # and a test database in a file, which a test worker process can open.
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
