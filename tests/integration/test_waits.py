@@ -347,7 +347,9 @@ def test_finish_timeout_cancels_a_run_past_it(key, mode):
     assert count(f"{key}-next") == 0
     if mode == "loop":
         assert ticks < 100
-    assert not Step.objects.filter(run=run, ended_at__gt=run.ended_at).exists()
+    # The step running at the cancel may finish; it is recorded as after the cancel.
+    late = list(Step.objects.filter(run=run, ended_at__gt=run.ended_at))
+    assert len(late) <= 1 and all(s.attempts[-1].get("after_cancel") for s in late), late
 
 
 def test_finish_timeout_does_not_interrupt_a_running_step(key):
