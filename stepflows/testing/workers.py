@@ -135,8 +135,7 @@ class CeleryWorker:
                     f"celery worker {self.nodename} exited with status {code} while "
                     f"starting.\n{self.log_tail()}"
                 )
-            # A ping sent before the worker listens is lost: each waits PING_TIMEOUT at most.
-            if control.ping(destination=[self.nodename], timeout=PING_TIMEOUT, limit=1):
+            if self._answers_ping(control):
                 return
             if time.monotonic() > deadline:
                 raise WorkerStartError(
@@ -144,6 +143,22 @@ class CeleryWorker:
                     f"{self.ready_timeout:g}s (is the test process using the worker's broker? "
                     f"is remote control disabled?).\n{self.log_tail()}"
                 )
+
+    def _answers_ping(self, control: Any) -> bool:
+        """Whether the worker answers one control ping.
+
+        A ping sent before the worker listens is lost: each waits PING_TIMEOUT at
+        most. Each goes on a fresh broker connection, because a pooled one may
+        predate a broker restart; a broker that is away answers nothing yet.
+        """
+        with control.app.connection_for_write() as conn:
+            try:
+                answers = control.ping(
+                    destination=[self.nodename], timeout=PING_TIMEOUT, limit=1, connection=conn
+                )
+            except (*conn.connection_errors, *conn.channel_errors, OSError):
+                return False
+        return bool(answers)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the worker's log file and of its stderr, for error messages."""
