@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,17 +273,11 @@ class Command(BaseCommand):
         timeout: float | None = None,
         **_: Any,
     ) -> None:
-        problems: list[str] = []
-        retried = []
-        for run in self._runs(run_ids, problems):
-            try:
-                api.retry_run(run, by=BY, reason=reason)
-            except (StepflowsError, Run.DoesNotExist) as exc:
-                problems.append(str(exc))
-                continue
-            retried.append(run.id)
-            self.stdout.write(f"retried {run.id}  {run.workflow_id}: resuming where it failed")
-        self._finish("retried", problems, len(run_ids), wait, timeout, retried)
+        def retry(run: Run) -> tuple[Any, str]:
+            api.retry_run(run, by=BY, reason=reason)
+            return run.id, "resuming where it failed"
+
+        self._each("retried", run_ids, retry, wait, timeout)
 
     def do_rerun(
         self,
@@ -292,17 +287,36 @@ class Command(BaseCommand):
         timeout: float | None = None,
         **_: Any,
     ) -> None:
+        def rerun(run: Run) -> tuple[Any, str]:
+            new = api.rerun(run, by=BY, reason=reason)
+            return new.id, f"new run {new.id}"
+
+        self._each("rerun", run_ids, rerun, wait, timeout)
+
+    def _each(
+        self,
+        verb: str,
+        run_ids: list[str],
+        act: Callable[[Run], tuple[Any, str]],
+        wait: bool,
+        timeout: float | None,
+    ) -> None:
+        """Apply one verb to each run; a run it cannot take is reported, the others go on.
+
+        ``act`` returns the id of the run to wait for and what to print.
+        """
         problems: list[str] = []
         started = []
         for run in self._runs(run_ids, problems):
             try:
-                new = api.rerun(run, by=BY, reason=reason)
-            except StepflowsError as exc:
-                problems.append(f"run {run.id}: {exc}")
+                waited, said = act(run)
+            except (StepflowsError, Run.DoesNotExist) as exc:
+                text = str(exc)
+                problems.append(text if str(run.id) in text else f"run {run.id}: {text}")
                 continue
-            started.append(new.id)
-            self.stdout.write(f"rerun {run.id}  {run.workflow_id}: new run {new.id}")
-        self._finish("rerun", problems, len(run_ids), wait, timeout, started)
+            started.append(waited)
+            self.stdout.write(f"{verb} {run.id}  {run.workflow_id}: {said}")
+        self._finish(verb, problems, len(run_ids), wait, timeout, started)
 
     def do_fork(
         self,
