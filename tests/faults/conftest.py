@@ -124,7 +124,8 @@ class FaultKit:
                 # The database is restarting (a fault the test injected): reconnect later.
                 connection.close()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{unfinished} of {len(run_ids)} runs unfinished")
+                tails = "\n".join(f"--- {w.name}:\n{w.log_tail(40)}" for w in self.workers)
+                raise TimeoutError(f"{unfinished} of {len(run_ids)} runs unfinished\n{tails}")
             time.sleep(1.0)
 
     def pause(self, pid: int) -> None:
