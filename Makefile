@@ -1,29 +1,41 @@
 # stepflows: durable step workflows for Django, run by Celery.
 # `make demo` and `make test` work from a fresh clone: they create .venv and install.
+# `make demo` installs what stepflows needs to run (`pip install -e .`); test, lint, bench
+# and package install the dev tools too (`.[dev]`), so `make demo` then `make test`
+# upgrades the same .venv.
 
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
-PORT   ?= 8000
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.installed-runtime
+DEV     := $(VENV)/.installed-dev
+PORT    ?= 8000
 
-.PHONY: install demo test test-sample lint bench clean
+.PHONY: install demo test test-sample lint bench package clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The dev tools come with the runtime dependencies: the runtime stamp is fresh too.
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@ $(RUNTIME)
+
+## install: the venv with the dev tools (what test, lint, bench and package use)
+install: $(DEV)
 
 ## demo: migrate the embedded default, start a worker and the dev server, send sample events
-demo: $(STAMP)
+demo: $(RUNTIME)
 	PORT=$(PORT) $(BIN)/python manage.py demo --port $(PORT)
 
 ## test: the whole suite (embedded default; PostgreSQL / Redis / RabbitMQ with
 ## STEPFLOWS_TEST_DATABASE_URL and STEPFLOWS_TEST_BROKER_URL)
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -33,19 +45,27 @@ test: $(STAMP)
 
 ## test-sample: the sample project's tests (samples/shop, made with startproject): workflows
 ## in process and on a real worker (SQLite + files; DATABASE_URL / CELERY_BROKER_URL for others)
-test-sample: $(STAMP)
+test-sample: $(DEV)
 	cd samples/shop && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy
-lint: $(STAMP)
-	$(BIN)/ruff check stepflows project tests samples
-	$(BIN)/ruff format --check stepflows project tests samples
-	$(BIN)/mypy stepflows project
+lint: $(DEV)
+	$(BIN)/ruff check stepflows project bench tools tests samples
+	$(BIN)/ruff format --check stepflows project bench tools tests samples
+	$(BIN)/mypy stepflows project bench tools/check_wheel.py
 
 ## bench: stepflows vs raw Celery chords (embedded default; DATABASE_URL / CELERY_BROKER_URL
 ## for PostgreSQL / Redis / RabbitMQ). BENCH_ARGS=--quick for a smoke run.
-bench: $(STAMP)
-	$(BIN)/python manage.py stepflows bench $(BENCH_ARGS)
+bench: $(DEV)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## package: the sdist and wheel in dist/, checked by twine and by tools/check_wheel.py
+## (the wheel holds the stepflows package and its metadata, nothing else)
+package: $(DEV)
+	rm -rf dist build
+	$(BIN)/python -m build -q --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tools/check_wheel.py dist
 
 clean:
-	rm -rf var/test-runs var/bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/test-runs var/bench dist build .pytest_cache .mypy_cache .ruff_cache

@@ -2,10 +2,12 @@
 
 The workflows page belongs to no model, so the index learns of it here, through the
 site's ``get_app_list`` (the index, the app page and the navigation sidebar all call
-it). django-celery-results registers its task, group and chord rows with the admin;
-stepflows keeps its state in its own rows, so those are hidden unless the project
-asks for them: ``STEPFLOWS["ADMIN_SHOW_CELERY_RESULTS"] = True``, or a ModelAdmin of
-its own registered for them (which shows it registered them on purpose).
+it). django-celery-results, when the project installs it, registers its task, group
+and chord rows with the admin; stepflows keeps its state in its own rows, so those
+are hidden unless the project asks for them:
+``STEPFLOWS["ADMIN_SHOW_CELERY_RESULTS"] = True``, or a ModelAdmin of its own
+registered for them (which shows it registered them on purpose). The app is known
+here by its label only, never imported: stepflows does not need it.
 """
 
 from __future__ import annotations

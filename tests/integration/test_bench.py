@@ -32,7 +32,7 @@ def test_quick_bench_prints_table_and_json(tmp_path):
             "STEPFLOWS_TEST_BROKER_URL", f"filesystem://{tmp_path / 'broker'}"
         )
     done = subprocess.run(
-        [sys.executable, "manage.py", "stepflows", "bench", "--quick"],
+        [sys.executable, "-m", "bench", "--quick"],
         cwd=settings.BASE_DIR,
         env=env,
         capture_output=True,

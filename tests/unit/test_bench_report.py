@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from stepflows.bench import main, report
-from stepflows.bench.scenarios import Results
-from stepflows.bench.waits import percentile
+from bench import main, report
+from bench.scenarios import Results
+from bench.waits import percentile
 
 META = {
     "backend": "sqlite+filesystem",
@@ -134,24 +134,29 @@ def test_flow_scenarios_are_in_the_default_run_and_quick_keeps_them_tiny():
     assert (sized.concurrency_runs, sized.handoff_runs) == (7, 3)
 
 
-def test_bench_command_passes_the_flow_options_on(monkeypatch, tmp_path):
-    """``manage.py stepflows bench`` forwards the options it names to the bench process."""
-    from types import SimpleNamespace
-
-    from stepflows.management.commands import stepflows as command
-
-    calls = []
-    monkeypatch.setenv("STEPFLOWS_BENCH_DIR", str(tmp_path / "bench"))
-    monkeypatch.setattr(
-        command.subprocess,
-        "run",
-        lambda argv, **kw: calls.append(argv) or SimpleNamespace(returncode=0),
+def test_the_bench_wraps_the_callers_settings_on_a_queue_of_its_own(tmp_path):
+    env = main.environment({"DJANGO_SETTINGS_MODULE": "shop.settings"}, root=tmp_path)
+    assert env["DJANGO_SETTINGS_MODULE"] == "bench.settings"
+    assert env["STEPFLOWS_BENCH_BASE_SETTINGS"] == "shop.settings"
+    assert env["STEPFLOWS_BENCH_QUEUE"].startswith("stepflows-bench-")
+    assert main.environment({}, root=tmp_path)["STEPFLOWS_BENCH_BASE_SETTINGS"] == (
+        "project.settings"
     )
-    options = vars(main.parser().parse_args(["--concurrency-runs", "7", "--handoff-runs", "3"]))
-    command.Command().do_bench(**options)
-    [argv] = calls
-    assert argv[argv.index("--concurrency-runs") + 1] == "7"
-    assert argv[argv.index("--handoff-runs") + 1] == "3"
+    again = main.environment({"DJANGO_SETTINGS_MODULE": "bench.settings"}, root=tmp_path)
+    assert again["STEPFLOWS_BENCH_BASE_SETTINGS"] == "project.settings"
+
+
+def test_the_embedded_default_gets_a_folder_of_its_own_other_backends_are_kept(tmp_path):
+    assert main.environment({}, root=tmp_path)["STEPFLOWS_VAR_DIR"] == str(
+        tmp_path / "var" / "bench"
+    )
+    chosen = {"STEPFLOWS_BENCH_DIR": str(tmp_path / "elsewhere")}
+    assert (
+        main.environment(chosen, root=tmp_path)["STEPFLOWS_VAR_DIR"]
+        == chosen["STEPFLOWS_BENCH_DIR"]
+    )
+    for backend in ({"DATABASE_URL": "postgres://x/y"}, {"CELERY_BROKER_URL": "redis://x"}):
+        assert "STEPFLOWS_VAR_DIR" not in main.environment(backend, root=tmp_path)
 
 
 def test_json_line_has_the_flow_figures():

@@ -52,7 +52,6 @@ RULES: dict[str, tuple[str, ...]] = {
 API_USERS = (
     "stepflows.admin",
     "stepflows.management",
-    "stepflows.bench",
     "stepflows.api",
     "stepflows.testing",
 )
@@ -101,3 +100,24 @@ def test_module_follows_the_dependency_rules(path):
         assert not [u for u in used if u == "stepflows.api" or u.startswith("stepflows.api.")]
     if not name.startswith(TASK_USERS):
         assert not [u for u in used if u == "stepflows.tasks"], f"{name} imports stepflows.tasks"
+
+
+# Installed with the dev tools only: the repository's bench and tests use them, the library
+# must run without them (see pyproject.toml).
+NOT_AT_RUN_TIME = ("bench", "django_celery_results", "project", "tests")
+
+
+def top_level_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_module_imports_nothing_the_wheel_does_not_bring(path):
+    bad = sorted(top_level_imports(path) & set(NOT_AT_RUN_TIME))
+    assert not bad, f"{module_name(path)} imports {bad}, which an installed stepflows lacks"

@@ -41,7 +41,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_celery_results",
     "stepflows",
     "shop",
 ]
@@ -155,7 +154,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # stepflows (README, "Adding stepflows to an existing Django project")
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")  # or redis://, amqp://
-CELERY_RESULT_BACKEND = "django-db"  # task results, if you keep any
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

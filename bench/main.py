@@ -1,7 +1,8 @@
-"""Entry point of the bench process: migrate, start workers, run scenarios, report.
+"""Entry point of the bench: set the environment, migrate, start workers, run scenarios, report.
 
-Run through ``python manage.py stepflows bench``, which sets the environment
-(settings module, embedded folder, queue) and starts ``python -m stepflows.bench``.
+``python -m bench`` (``make bench``) from the repository's root. The environment
+(settings module, embedded folder, queue) is set before Django starts, so the
+bench process and the workers it starts share it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,15 @@ SCENARIOS = (
 )
 
 
+#: The repository's root: the embedded default's folder is ``var/bench`` under it.
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = "bench.settings"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stepflows bench", description=__doc__)
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: Any) -> None:
-    """Options shared by ``manage.py stepflows bench`` and ``python -m stepflows.bench``."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmark stepflows against raw Celery chords."
+    )
     p.add_argument("--parallel-sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--sequential-sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--repeats", type=int, default=5, help="measured repeats per scenario")
@@ -72,6 +76,31 @@ def add_arguments(p: Any) -> None:
     p.add_argument(
         "--quick", action="store_true", help="a tiny smoke run (N=3, one repeat, 20 runs)"
     )
+    return p
+
+
+def environment(environ: Mapping[str, str], root: Path = ROOT) -> dict[str, str]:
+    """The variables the bench and its workers run with, given the caller's ``environ``.
+
+    The settings are :mod:`bench.settings` around the project's: the caller's
+    ``DJANGO_SETTINGS_MODULE``, else ``project.settings``. The queue is the
+    bench's own. Without ``DATABASE_URL`` and ``CELERY_BROKER_URL`` (the embedded
+    default) the database and broker folder are the bench's own too:
+    ``STEPFLOWS_BENCH_DIR``, else ``var/bench``, emptied before each run.
+    """
+    current = environ.get("DJANGO_SETTINGS_MODULE")
+    base = environ.get("STEPFLOWS_BENCH_BASE_SETTINGS") or (
+        current if current and current != SETTINGS else "project.settings"
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "STEPFLOWS_BENCH_BASE_SETTINGS": base,
+        "STEPFLOWS_BENCH_QUEUE": environ.get("STEPFLOWS_BENCH_QUEUE")
+        or f"stepflows-bench-{os.getpid()}",
+    }
+    if not (environ.get("DATABASE_URL") or environ.get("CELERY_BROKER_URL")):
+        env["STEPFLOWS_VAR_DIR"] = environ.get("STEPFLOWS_BENCH_DIR") or str(root / "var" / "bench")
+    return env
 
 
 def ints(text: str) -> list[int]:
@@ -150,7 +179,11 @@ def load() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     chosen = chosen_scenarios(args.scenarios)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stepflows.bench.settings")
+    env = environment(os.environ)
+    if "STEPFLOWS_VAR_DIR" in env:
+        shutil.rmtree(env["STEPFLOWS_VAR_DIR"], ignore_errors=True)
+        Path(env["STEPFLOWS_VAR_DIR"]).mkdir(parents=True)
+    os.environ.update(env)
     import django
 
     django.setup()
@@ -165,12 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = options(args)
     call_command("migrate", verbosity=0)
     scenarios.cleanup()
-    var = Path(os.environ.get("STEPFLOWS_VAR_DIR") or Path.cwd() / "var" / "bench")
+    var = Path(os.environ.get("STEPFLOWS_VAR_DIR") or ROOT / "var" / "bench")
     app = args.celery_app or current_app.main or "project"
-    env = {
-        "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
-        "STEPFLOWS_BENCH_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
-    }
     log_lines: list[str] = []
 
     def log(line: str) -> None:
