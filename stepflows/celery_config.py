@@ -13,8 +13,8 @@ in Django settings::
     globals().update(django_settings())
 
 ``manage.py check`` warns when the app lacks one of these
-(``stepflows.W010``-``W013``) and reports an error when pickle is accepted
-(``stepflows.E010``).
+(``stepflows.W010``-``W013``) or schedules no recovery (``stepflows.W014``),
+and reports an error when pickle is accepted (``stepflows.E010``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ fresh and does nothing; messages of a worker killed outright come back after
 it, or earlier through ``stepflows recover``.
 """
 
+RECOVERY_TASK = "stepflows.recover"
+"""The periodic task: the sweep of what is due by time, then the recovery of stuck runs."""
+
 RECOVERY_INTERVAL = 10.0
 """Seconds between recovery passes: with LEASE_SECONDS = 30, a dead worker's run is
 resumed within about 40 s."""
@@ -61,9 +64,7 @@ def beat_schedule(interval: float = RECOVERY_INTERVAL, queue: str | None = None)
     options: dict[str, Any] = {"expires": interval}
     if queue:
         options["queue"] = queue
-    return {
-        "stepflows-recover": {"task": "stepflows.recover", "schedule": interval, "options": options}
-    }
+    return {"stepflows-recover": {"task": RECOVERY_TASK, "schedule": interval, "options": options}}
 
 
 def django_settings(

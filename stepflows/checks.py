@@ -146,3 +146,68 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+def _recovery_in_beat_schedule(conf: Any) -> bool:
+    """The Celery app's ``beat_schedule`` (CELERY_BEAT_SCHEDULE) runs the recovery task."""
+    from .celery_config import RECOVERY_TASK
+
+    schedule = conf.beat_schedule or {}
+    return any(
+        isinstance(entry, dict) and entry.get("task") == RECOVERY_TASK
+        for entry in schedule.values()
+    )
+
+
+BEAT_PERIODIC_TASK: tuple[str, str] = ("django_celery_beat", "PeriodicTask")
+
+
+def _recovery_in_periodic_tasks() -> bool | None:
+    """django-celery-beat (installed) has an enabled PeriodicTask for the recovery task.
+
+    None when its table cannot be read: checks also run before ``migrate``, and
+    without a database server.
+    """
+    from django.apps import apps
+    from django.db import DatabaseError, transaction
+
+    from .celery_config import RECOVERY_TASK
+
+    # By name: django-celery-beat is optional, and not a dependency to import.
+    model = apps.get_model(*BEAT_PERIODIC_TASK)
+    try:
+        # A savepoint: a missing table must not break a transaction the caller is in.
+        with transaction.atomic(using=model._default_manager.db):
+            return bool(model._default_manager.filter(task=RECOVERY_TASK, enabled=True).exists())
+    except DatabaseError:
+        return None
+
+
+@register(Tags.compatibility)
+def check_recovery_schedule(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The periodic ``stepflows.recover`` task: without it nothing due by time ever happens."""
+    from django.apps import apps
+    from django.core.checks import Warning
+
+    from .celery_config import RECOVERY_TASK
+
+    if _recovery_in_beat_schedule(_celery_conf()):
+        return []
+    where = f"the Celery app's beat_schedule has no entry for the task {RECOVERY_TASK!r}"
+    if apps.is_installed("django_celery_beat"):
+        if _recovery_in_periodic_tasks() is not False:
+            return []  # scheduled in the database, or its table cannot be read yet
+        where += " and django-celery-beat has no enabled PeriodicTask for it"
+    return [
+        Warning(
+            f"No periodic recovery is scheduled: {where}. Without it, runs left behind by a "
+            "killed worker are never resumed, sleeps longer than 60 s never wake, wait and "
+            "run timeouts never fire, held runs (debounce, batch, throttle) never start and "
+            "cron ticks are never sent",
+            hint="In settings: `from stepflows.celery_config import beat_schedule` and "
+            "`CELERY_BEAT_SCHEDULE = beat_schedule()`; run `celery -A yourproject beat` "
+            "(or a worker with -B). If cron runs `manage.py stepflows recover` instead, add "
+            "'stepflows.W014' to SILENCED_SYSTEM_CHECKS.",
+            id="stepflows.W014",
+        )
+    ]

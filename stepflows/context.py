@@ -111,13 +111,47 @@ class ReplayAwareLogger(logging.LoggerAdapter):
 
 
 class Context:
-    """The run a workflow function is executing.
+    """The run a workflow function is executing: its first argument, ``ctx``.
 
-    ``event``: the triggering :class:`~stepflows.Event` (its ``data`` is the
-    workflow's schema instance when it declares one). ``run_id``: this run.
-    ``attempt``: 0-based attempt number of the step being executed.
-    ``logger``: a logger that does not repeat lines when the run replays.
+    A new one is made for each invocation of the workflow function. What a
+    workflow reads on it is in :data:`ATTRIBUTES`, each documented below;
+    the rest (:data:`ENGINE_HOOKS`) is the engine's.
+
+    - ``event``: the triggering :class:`~stepflows.Event`.
+    - ``events``: every event of a batched run; ``[event]`` otherwise.
+    - ``run_id``: this run's id.
+    - ``workflow_id``: the workflow's id.
+    - ``attempt``: in a step's code, the 0-based attempt of that step.
+    - ``logger``: a logger that does not repeat lines when the run replays.
     """
+
+    event: Event
+    """The event that started the run (``name``, ``data``, ``id``, ``ts``), as stored.
+
+    ``data`` is the workflow's ``schema`` instance when it declares one, else the
+    dict that was sent. In a batched run, the first event of the batch.
+    """
+
+    events: list[Event]
+    """A batched run (``@workflow(batch=Batch(...))``): every event of its batch, in the
+    order they were received. Any other run: ``[event]``."""
+
+    run_id: str
+    """This run's id (``Run.id``, a UUID, as text): the same on every replay and retry."""
+
+    workflow_id: str
+    """The id given to ``@stepflows.workflow(id=...)``."""
+
+    attempt: int
+    """Read in a step's code: the 0-based attempt of that step (0 on its first try, 1 on
+    its first retry, ...). Outside steps it holds the attempt of the last step whose code
+    ran in this invocation (0 before any), which says nothing about the run."""
+
+    logger: logging.LoggerAdapter
+    """A logger named ``stepflows.workflow.<workflow id>`` that stays quiet while the run
+    replays finished steps. Its records carry ``run_id`` and ``workflow_id`` in
+    ``extra``, and in a step's code ``step_id`` and ``attempt``; lines logged in a
+    step's code are also kept with the step (:class:`StepLog`)."""
 
     def __init__(
         self,
@@ -166,3 +200,10 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context run={self.run_id} workflow={self.workflow_id} event={self.event.name}>"
+
+
+ATTRIBUTES: tuple[str, ...] = ("event", "events", "run_id", "workflow_id", "attempt", "logger")
+"""The attributes of :class:`Context` a workflow reads, each with a docstring there."""
+
+ENGINE_HOOKS: tuple[str, ...] = ("step_log", "begin_step", "end_step", "step_lines")
+"""The public names of :class:`Context` that only the engine uses (a step's lines)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import shared_task
 
+from .celery_config import RECOVERY_TASK
 from .engine.retry import backoff
 from .engine.runner import TRANSIENT_DB_ERRORS, execute_step_task
 from .engine.runner import execute_run as run_invocation
@@ -94,7 +95,7 @@ def run_step(
         raise self.retry(kwargs=kwargs, countdown=outcome.retry_in, max_retries=None)
 
 
-@shared_task(name="stepflows.recover", ignore_result=True)
+@shared_task(name=RECOVERY_TASK, ignore_result=True)
 def recover() -> dict[str, int]:
     """Wake runs whose wait is due, then find stuck runs and resume them.
 

@@ -20,7 +20,8 @@ it once; the message sent names the run's current wake-up, so it and any
 delayed original are interchangeable and only the first to arrive acts. A run
 that is not stuck is not touched; a run recovered before must stay idle twice
 as long (per recovery) to count as stuck again. A run that needs recovery more
-than ``MAX_RECOVERIES`` times is failed with :class:`~stepflows.exceptions.RecoveryLimitError`.
+than ``MAX_RECOVERIES`` times is failed with :class:`~stepflows.exceptions.RecoveryLimitError`,
+logged and signalled (``run_finished``) through :mod:`.report` once the failure is stored.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..conf import get_settings
 from ..exceptions import RecoveryLimitError
 from ..models import Run, RunStatus, StepStatus
 from ..store import runs as run_store
+from . import report
 from .attempts import error_dict
 
 logger = logging.getLogger("stepflows.recovery")
@@ -204,13 +206,21 @@ def resume_stuck_run(stuck: StuckRun) -> str:
         handler=_failure_handler(stuck, error) if stuck.recoveries + 1 >= limit else None,
     )
     if outcome == "failed":
-        logger.error("%s", exc)
+        run = Run.objects.only(*report.RUN_FIELDS).filter(id=stuck.run_id).first()
+        if run is not None:
+            report.run_stopped(run, RunStatus.FAILED, error)
     elif outcome == "resumed":
         logger.warning(
             "%s; resumed it (recovery %d of at most %d since it last made progress)",
             stuck.describe(),
             count,
             limit,
+            extra={
+                "run_id": stuck.run_id,
+                "workflow_id": stuck.workflow_id,
+                "reason": stuck.reason,
+                "recoveries": count,
+            },
         )
     return outcome
 

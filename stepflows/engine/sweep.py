@@ -1,9 +1,10 @@
 """The periodic sweep (the ``stepflows.recover`` beat task): everything that is due by time.
 
-One pass wakes runs whose sleep or wait is due (:mod:`.waits`), starts runs
-that a throttle, debounce or batch held until now, gives concurrency slots of
-ended runs back, sends the cron ticks that came due, and cancels runs past
-their timeouts. Recovery of stuck runs (:mod:`.recovery`) runs after it.
+One pass cancels runs past their timeouts (each told through :mod:`.report`,
+as no worker ends them), wakes runs whose sleep or wait is due (:mod:`.waits`),
+starts runs that a throttle, debounce or batch held until now, gives
+concurrency slots of ended runs back and sends the cron ticks that came due.
+Recovery of stuck runs (:mod:`.recovery`) runs after it.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 
 from ..flow import CRON_EVENT, Cron
-from ..models import FlowState
+from ..models import FlowState, Run, RunStatus
 from ..registry import Workflow, registry
 from ..store import admission
+from ..store import runs as run_store
+from ..store import waits as wait_store
 from ..store.waits import database_now
+from . import report
 from .waits import wake_due_runs
 
 logger = logging.getLogger("stepflows.sweep")
@@ -30,7 +35,10 @@ MISSED_TICK_GRACE = timedelta(minutes=2)
 def sweep(now: datetime | None = None, *, limit: int = 1000) -> dict[str, int]:
     """One pass of everything due at ``now`` (the database clock by default)."""
     now = now or database_now()
+    # Before the wake-ups: a run past its timeout is cancelled, not woken first.
+    timed_out = time_out_runs(now, limit=limit)
     counts = wake_due_runs(now, limit=limit)
+    counts["timed_out"] = timed_out
     counts["released"] = admission.release_held(now, limit)
     limits = {
         wf.id: [c.limit for c in wf.flow.concurrency]
@@ -42,6 +50,55 @@ def sweep(now: datetime | None = None, *, limit: int = 1000) -> dict[str, int]:
         send_due_ticks(wf, cron, now) for wf in registry.all() for cron in wf.flow.crons
     )
     return counts
+
+
+def time_out_runs(now: datetime, *, limit: int = 1000) -> int:
+    """Cancel the runs past their ``Timeouts``; returns how many.
+
+    ``start``: queued and never started within it; ``finish``: not ended within
+    it of its start. A run it invoked is cancelled with it (see
+    ``store.runs.cancel_run``).
+    """
+    count = 0
+    for wf in registry.all():
+        start, finish = wf.timeouts
+        if start is not None:
+            before = now - timedelta(seconds=start)
+            for run_id in wait_store.queued_longer_than(wf.id, before, limit):
+                reason = f"timed out: not started within {start:g} s (Timeouts.start)"
+                count += _time_out(run_id, reason)
+        if finish is not None:
+            before = now - timedelta(seconds=finish)
+            for run_id in wait_store.running_longer_than(wf.id, before, limit):
+                reason = (
+                    f"timed out: not finished within {finish:g} s of its start (Timeouts.finish)"
+                )
+                count += _time_out(run_id, reason)
+    return count
+
+
+def _time_out(run_id: Any, reason: str) -> bool:
+    """Cancel one run and the runs it invoked, and report each that this cancelled."""
+    invoked = _invoked_below(run_id)
+    if not run_store.cancel_run(run_id, reason=reason):
+        return False  # it ended meanwhile
+    ended = Run.objects.only(*report.RUN_FIELDS, "error").filter(
+        id__in=[run_id, *invoked], status=RunStatus.CANCELLED
+    )
+    for run in sorted(ended, key=lambda r: r.id != run_id):
+        report.run_stopped(run, RunStatus.CANCELLED, run.error)
+    return True
+
+
+def _invoked_below(run_id: Any) -> list[Any]:
+    """The runs this run invoked, active or blocked, at any depth (cancel_run cancels them
+    with it)."""
+    found: list[Any] = []
+    level = wait_store.invoked_children(run_id)
+    while level:
+        found += level
+        level = [child for parent in level for child in wait_store.invoked_children(parent)]
+    return found
 
 
 def tick_event_id(workflow_id: str, tick: datetime) -> str:
