@@ -16,8 +16,8 @@ from django.db import transaction
 from . import clock
 from .events import Event
 from .exceptions import RunStateError
+from .models import RETRYABLE_RUN_STATUSES, Intervention, Run
 from .models import Event as EventRow
-from .models import Intervention, Run, RunStatus
 from .registry import registry
 from .sending import EventLike, as_events, check_schemas, send_events
 from .store import audit
@@ -84,11 +84,13 @@ def _run(run: Run | Any) -> Run:
 
 
 def retry_run(run: Run | Any, *, by: str = "code", user: Any = None, reason: str = "") -> Run:
-    """Resume a failed run where it failed.
+    """Resume a failed or blocked run where it stopped, on the code deployed now.
 
     Steps that succeeded keep their outputs; steps that failed for good get a
-    fresh retry budget and run again. Raises :class:`RunStateError` when the
-    run has not failed.
+    fresh retry budget and run again. A blocked run (its code no longer
+    matched its recorded steps) replays them on the current code: with a fix
+    deployed it goes on, without one it is blocked again. Raises
+    :class:`RunStateError` when the run has neither failed nor been blocked.
     """
     actor = Actor.of(by, user, reason)
     run_id = _run(run).pk
@@ -96,10 +98,11 @@ def retry_run(run: Run | Any, *, by: str = "code", user: Any = None, reason: str
         locked = run_store.retry_failed_run(run_id)
         if locked is None:
             raise Run.DoesNotExist(f"no run with id {run_id}")
-        if locked.status != RunStatus.FAILED:
+        if locked.status not in RETRYABLE_RUN_STATUSES:
             raise RunStateError(
                 f"run {run_id} of workflow {locked.workflow_id!r} is {locked.status}; "
-                "only failed runs can be retried (rerun it to start again from the top)"
+                "only failed runs can be retried, and blocked ones once a fix is deployed "
+                "(rerun it to start again from the top)"
             )
         audit.record(Intervention.Action.RETRY, actor, [audit.Entry(run_id)])
     return Run.objects.get(pk=run_id)
@@ -157,7 +160,7 @@ def cancel_run(
     by: str = "code",
     user: Any = None,
 ) -> bool:
-    """Cancel a queued, running or waiting run; False when it had already finished.
+    """Cancel a queued, running, waiting or blocked run; False when it had already finished.
 
     A running run stops before its next step: the worker executing it finds its
     lease gone at its next write or heartbeat. A step already running finishes,

@@ -62,7 +62,9 @@ class NonDeterminismError(StepflowsError):
     """The workflow reached a different step than its recorded history expects.
 
     Workflow code outside steps must take the same path on every replay: move
-    anything random, time-dependent or external into a step.
+    anything random, time-dependent or external into a step. A run that meets
+    it is blocked (``RunStatus.BLOCKED``), not failed: after deploying code that
+    matches its recorded steps (``step.patched``), retry it.
     """
 
 

@@ -32,15 +32,23 @@ class RunStatus(models.TextChoices):
     """Stopped by a person before it finished."""
     SKIPPED = "skipped", _("skipped")
     """Not started: a rate limit or a singleton said no (``error`` says which)."""
+    BLOCKED = "blocked", _("blocked")
+    """Stopped by a change of workflow code that does not match its recorded steps;
+    deploy a fix and retry (``error`` names both steps)."""
 
 
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+# No longer active: the run holds no worker, lease or concurrency slot. A failed
+# or blocked run can still be retried (stepflows.api.retry_run).
 FINISHED_RUN_STATUSES = (
     RunStatus.COMPLETED,
     RunStatus.FAILED,
     RunStatus.CANCELLED,
     RunStatus.SKIPPED,
+    RunStatus.BLOCKED,
 )
+# What stepflows.api.retry_run resumes.
+RETRYABLE_RUN_STATUSES = (RunStatus.FAILED, RunStatus.BLOCKED)
 
 
 class WaitKind(models.TextChoices):
@@ -61,6 +69,9 @@ class StepKind(models.TextChoices):
     SLEEP = "sleep", _("sleep")
     EVENT = "event", _("wait for event")
     INVOKE = "invoke", _("invoke")
+    # The answer of step.patched(id) for this run (its output, a bool): not a step
+    # of the determinism check, so it takes no position of its own.
+    PATCH = "patch", _("patch marker")
 
 
 class StepStatus(models.TextChoices):
@@ -234,6 +245,9 @@ class Run(models.Model):
         related_name="forks",
     )
     fork_step = models.CharField(_("forked at step"), max_length=200, blank=True, default="")
+    # The workflow's version (@workflow(version=...)) when the run was created; ""
+    # for a workflow that declares none.
+    version = models.CharField(_("version"), max_length=64, blank=True, default="")
 
     objects = RunQuerySet.as_manager()
 
@@ -259,6 +273,7 @@ class Run(models.Model):
                 fields=["workflow_id", "waiting_for", "flow_key", "priority_at"],
                 name="stepflows_run_held_idx",
             ),
+            models.Index(fields=["version", "-created_at"], name="stepflows_run_version_idx"),
         ]
 
     def __str__(self) -> str:

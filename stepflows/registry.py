@@ -36,6 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The width of the Run.workflow_id column (models cannot be imported here).
 MAX_WORKFLOW_ID_LENGTH = 255
+# The width of the Run.version column.
+MAX_VERSION_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class Workflow:
     on_failure: str | None = None
     """Id of the workflow that handles this one's failed runs."""
     flow: FlowOptions = field(default_factory=FlowOptions)
+    version: str | None = None
+    """The code's version (``@workflow(version=...)``), stored on each run it starts."""
 
     @property
     def is_async(self) -> bool:
@@ -196,6 +200,10 @@ class Registry:
                 f"{sorted(self._workflows) or 'none'}. Is its workflows.py in an installed app?"
             ) from None
 
+    def find(self, workflow_id: str) -> Workflow | None:
+        """The workflow registered as ``workflow_id``, or None."""
+        return self._workflows.get(workflow_id)
+
     def all(self) -> list[Workflow]:
         return list(self._workflows.values())
 
@@ -229,6 +237,29 @@ def check_workflow_id(workflow_id: str) -> None:
             f"workflow id {workflow_id!r} contains a lone surrogate "
             f"(U+{ord(workflow_id[exc.start]):04X}), which is not valid Unicode; remove it"
         ) from None
+
+
+def check_version(version: Any, workflow_id: str) -> None:
+    """Raise :class:`ConfigurationError` unless a run can store ``version``."""
+    if version is None:
+        return
+    if not isinstance(version, str) or not version.strip():
+        raise ConfigurationError(
+            f"workflow {workflow_id!r}: version is a non-empty string such as '2026-11-27', "
+            f"not {version!r}"
+        )
+    if len(version) > MAX_VERSION_LENGTH:
+        raise ConfigurationError(
+            f"workflow {workflow_id!r}: version {version[:20]!r}... is {len(version)} characters "
+            f"long; the limit is {MAX_VERSION_LENGTH}"
+        )
+    if version != version.strip() or any(
+        ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in version
+    ):
+        raise ConfigurationError(
+            f"workflow {workflow_id!r}: version {version!r} has a control character, a lone "
+            "surrogate or spaces at its ends; use printable text such as '2026-11-27'"
+        )
 
 
 def _cron_filter(workflow_id: str) -> Callable[[Event], bool]:
@@ -265,6 +296,7 @@ def workflow(
     timeouts: Timeouts | None = None,
     cancel_on: CancelOn | list[CancelOn] | None = None,
     on_failure: Callable[..., Any] | None = None,
+    version: str | None = None,
     **options: Any,
 ) -> Callable[[F], F]: ...
 
@@ -282,6 +314,7 @@ def workflow(
     timeouts: Timeouts | None = None,
     cancel_on: CancelOn | list[CancelOn] | None = None,
     on_failure: Callable[..., Any] | None = None,
+    version: str | None = None,
     **options: Any,
 ) -> Callable[[F], F]:
     """Declare a workflow triggered by events.
@@ -298,6 +331,10 @@ def workflow(
     (a workflow function, ``def handler(ctx, step)``) runs, as a run of its
     own with id ``"<id>.on_failure"``, for each failed run (not for cancelled
     ones), its event named ``stepflows/run.failed``.
+
+    ``version="2026-11-27"`` (any short text) is stored on each run the
+    workflow starts (``Run.version``), so admin and ``manage.py stepflows runs
+    --version`` tell which code started a run.
     """
     if args:
         raise ConfigurationError(
@@ -318,6 +355,7 @@ def workflow(
     cancels = _cancel_on(cancel_on, id)
     if on_failure is not None and not callable(on_failure):
         raise ConfigurationError(f"workflow {id!r}: on_failure must be a workflow function")
+    check_version(version, id)
 
     flow_args = {name: options.pop(name) for name in FLOW_OPTIONS if name in options}
     if "concurrency" in flow_args and not isinstance(flow_args["concurrency"], list | tuple):
@@ -332,7 +370,11 @@ def workflow(
         handler_id = None
         if on_failure is not None:
             handler_id = f"{id}.on_failure"
-            registry.register(Workflow(id=handler_id, fn=on_failure, triggers=[], retries=retries))
+            registry.register(
+                Workflow(
+                    id=handler_id, fn=on_failure, triggers=[], retries=retries, version=version
+                )
+            )
         wf = Workflow(
             id=id,
             fn=fn,
@@ -344,6 +386,7 @@ def workflow(
             cancel_on=cancels,
             on_failure=handler_id,
             flow=flow,
+            version=version,
         )
         registry.register(wf)
         if problems:

@@ -5,9 +5,10 @@ returned, so ``connect(receiver, sender=my_workflow)`` listens to one workflow;
 None when the workflow is no longer registered) and keyword arguments:
 
 - ``run_started``: ``run_id``, ``workflow_id``; once, when a worker first starts the run.
-- ``run_finished``: ``run_id``, ``workflow_id``, ``status`` (``completed`` or
-  ``failed``), ``error`` (the stored error dict, or None), ``duration`` (seconds
-  from start to end, or None).
+- ``run_finished``: ``run_id``, ``workflow_id``, ``status`` (``completed``,
+  ``failed``, ``cancelled`` for a run timeout, or ``blocked`` for a run stopped by a
+  change of workflow code: a retry resumes it), ``error`` (the stored error dict, or
+  None), ``duration`` (seconds from start to end, or None).
 - ``step_retrying``: ``run_id``, ``workflow_id``, ``step_id``, ``attempt`` (0-based,
   the attempt that failed), ``error``, ``retry_in`` (seconds).
 - ``step_failed``: ``run_id``, ``workflow_id``, ``step_id``, ``attempt``, ``error``;

@@ -24,11 +24,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 from .. import api
 from ..exceptions import RunStateError, StepflowsError
-from ..models import ACTIVE_RUN_STATUSES, Event, Run, RunStatus, Step
+from ..models import ACTIVE_RUN_STATUSES, RETRYABLE_RUN_STATUSES, Event, Run, RunStatus, Step
 from .interventions import log_change
 
 #: Objects one action handles at most, so a confirmation page stays readable.
 MAX_SELECTED = 500
+#: What the cancel action takes: active runs, and blocked ones.
+CANCELLABLE = (*ACTIVE_RUN_STATUSES, RunStatus.BLOCKED)
 
 
 def next_url(request: HttpRequest) -> str | None:
@@ -105,7 +107,7 @@ def _selected_runs(queryset: QuerySet[Run]) -> list[Run]:
     return list(queryset.select_related("event").order_by("-created_at")[:MAX_SELECTED])
 
 
-@admin.action(description="Retry selected failed runs", permissions=["retry"])
+@admin.action(description="Retry selected failed or blocked runs", permissions=["retry"])
 def retry_runs(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Run]
 ) -> HttpResponse | None:
@@ -117,9 +119,11 @@ def retry_runs(
             action="retry_runs",
             title="Retry failed runs",
             intro="Each failed run resumes where it failed: steps that succeeded keep their "
-            "outputs, failed steps run again with a fresh retry budget.",
+            "outputs, failed steps run again with a fresh retry budget. A blocked run "
+            "replays its steps on the code deployed now: with the fix deployed it goes on, "
+            "without one it is blocked again.",
             rows=[
-                (r, "" if r.status == RunStatus.FAILED else f"skipped: it is {r.status}")
+                (r, "" if r.status in RETRYABLE_RUN_STATUSES else f"skipped: it is {r.status}")
                 for r in runs
             ],
             button="Yes, retry",
@@ -143,8 +147,8 @@ def retry_runs(
         detail = ", ".join(f"{r.pk} ({r.status})" for r in refused)
         modeladmin.message_user(
             request,
-            f"Refused {len(refused)} run(s) that did not fail; only failed runs can be "
-            f"retried (rerun them instead): {detail}.",
+            f"Refused {len(refused)} run(s) that did not fail and are not blocked; only "
+            f"failed or blocked runs can be retried (rerun them instead): {detail}.",
             messages.WARNING,
         )
     return _back(request)
@@ -203,10 +207,10 @@ def cancel_runs(
             action="cancel_runs",
             title="Cancel runs",
             intro="A queued or running run stops before its next step; a step already "
-            "running finishes. Finished runs are left as they are.",
+            "running finishes. A blocked run is cancelled at once. Finished runs are left "
+            "as they are.",
             rows=[
-                (r, "" if r.status in ACTIVE_RUN_STATUSES else f"skipped: it is {r.status}")
-                for r in runs
+                (r, "" if r.status in CANCELLABLE else f"skipped: it is {r.status}") for r in runs
             ],
             button="Yes, cancel",
         )

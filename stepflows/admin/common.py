@@ -28,6 +28,8 @@ STATUS_COLOURS = {
     "cancelled": ("#6d5526", "#f1e7d2"),
     # Never started (a rate limit or a singleton said no): not an error.
     "skipped": ("#5d4b7a", "#e9e4f1"),
+    # Stopped by a deploy that does not match its steps: a fix and a retry resume it.
+    "blocked": ("#8a4b00", "#fde3c4"),
 }
 
 

@@ -23,6 +23,8 @@ from .cells import moment_cell, one_line
 WIDE_LIST = {"is_nav_sidebar_enabled": False}
 #: Characters of an error's first line shown in the list (the whole error on hover).
 ERROR_CHARS = 70
+#: The error's colour, by the run's status (a cancellation's otherwise).
+ERROR_COLOURS: dict[str, str] = {RunStatus.FAILED: "#9b2218", RunStatus.BLOCKED: "#8a4b00"}
 #: The error column's width at most, so the list fits 1,400 px with every column.
 ERROR_WIDTH = "16em"
 
@@ -42,6 +44,45 @@ class TopLevelFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.filter(parent__isnull=False)
         return queryset
+
+
+class VersionFilter(admin.SimpleListFilter):
+    """Runs by the version of the code that started them (``@workflow(version=...)``)."""
+
+    title = "version"
+    parameter_name = "version"
+    #: Versions offered at most: the highest first, so dated versions list the newest.
+    MAX_CHOICES = 30
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # Read from Run.version's index, not from every row.
+        rows = Run.objects.exclude(version="").order_by("-version")
+        versions = rows.values_list("version", flat=True).distinct()[: self.MAX_CHOICES]
+        return [(v, v) for v in versions] + [(NO_VERSION, "(none)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        value = self.value()
+        if value == NO_VERSION:
+            return queryset.filter(version="")
+        if value:
+            return queryset.filter(version=value)
+        return queryset
+
+
+#: The filter's value for runs of a workflow that declares no version.
+NO_VERSION = "-"
+
+
+@admin.display(description="version", ordering="version")
+def version_cell(run: Run) -> SafeString:
+    """The version of the code that started the run, on one line (whole on hover)."""
+    if not run.version:
+        return mark_safe("")
+    return one_line(run.version, VERSION_CHARS, code=True, css="sf-version")
+
+
+#: Characters of a version shown in the list (the whole of it on hover).
+VERSION_CHARS = 12
 
 
 @admin.display(description="parent")
@@ -76,13 +117,13 @@ def error_text(error: Any) -> str:
 
 @admin.display(description="error")
 def error_summary(run: Run) -> SafeString:
-    """The first line of a failed (or cancelled) run's error; the whole of it on hover."""
-    if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+    """The first line of a failed, blocked or cancelled run's error; the whole on hover."""
+    if run.status not in (RunStatus.FAILED, RunStatus.BLOCKED, RunStatus.CANCELLED):
         return mark_safe("")
     text = error_text(run.error)
     if not text:
         return mark_safe("")
     first = text.strip().splitlines()[0] if text.strip() else text
     cell = one_line(first, ERROR_CHARS, css="sf-error-summary", title=text, width=ERROR_WIDTH)
-    colour = "#9b2218" if run.status == RunStatus.FAILED else "#6d5526"
+    colour = ERROR_COLOURS.get(str(run.status), "#6d5526")
     return format_html('<span style="color:{}">{}</span>', colour, cell)

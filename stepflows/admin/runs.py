@@ -17,10 +17,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import timeline
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepKind
+from ..models import ACTIVE_RUN_STATUSES, RETRYABLE_RUN_STATUSES, Run, RunStatus, Step, StepKind
 from ..store.fence import worker_of
 from . import compare
-from .actions import RUN_ACTIONS
+from .actions import CANCELLABLE, RUN_ACTIONS
 from .common import (
     ReadOnlyAdmin,
     duration_text,
@@ -33,7 +33,15 @@ from .family import fan_out_family
 from .flow_control import flow_control_view, skip_summary
 from .flow_text import line_counts, skip_reason
 from .interventions import cancelled_by, origin, trail, trail_rows
-from .run_columns import WIDE_LIST, TopLevelFilter, error_summary, parent_link, started
+from .run_columns import (
+    WIDE_LIST,
+    TopLevelFilter,
+    VersionFilter,
+    error_summary,
+    parent_link,
+    started,
+    version_cell,
+)
 from .steps import step_row, trim_traceback
 from .waits import (
     WaitingForFilter,
@@ -73,8 +81,9 @@ STEP_FIELDS = (
 
 
 def _step_count(filter: Q | None = None) -> Coalesce:
-    """How many steps each listed run has (those matching ``filter``)."""
-    steps = Step.objects.filter(run=OuterRef("pk"))
+    """How many steps each listed run has (those matching ``filter``); patch markers
+    (step.patched's answers) are not steps of work."""
+    steps = Step.objects.filter(run=OuterRef("pk")).exclude(kind=StepKind.PATCH)
     return per_row(steps.filter(filter) if filter is not None else steps, "run", Count("pk"))
 
 
@@ -87,6 +96,7 @@ class RunAdmin(ReadOnlyAdmin):
     list_display = (
         "run_link",
         "workflow_id",
+        version_cell,
         "status_display",
         "trigger_event",
         parent_link,
@@ -102,6 +112,7 @@ class RunAdmin(ReadOnlyAdmin):
         WaitingForFilter,
         TopLevelFilter,
         "workflow_id",
+        VersionFilter,
         ("created_at", admin.DateFieldListFilter),
     )
     search_fields = ("event__name",)
@@ -242,6 +253,7 @@ class RunAdmin(ReadOnlyAdmin):
             "output": pretty_json(run.output),
             # A skipped run never started: its reason is not an error with a traceback.
             "error": (run.error or None) if run.status != RunStatus.SKIPPED else None,
+            "blocked": run.status == RunStatus.BLOCKED,
             "skipped": skip_reason(run) if run.status == RunStatus.SKIPPED else "",
             "error_traceback": trim_traceback(str((run.error or {}).get("traceback") or ""))
             if isinstance(run.error, dict)
@@ -274,11 +286,11 @@ class RunAdmin(ReadOnlyAdmin):
 
     def _buttons(self, request: HttpRequest, run: Run) -> list[dict[str, str]]:
         buttons = []
-        if run.status == RunStatus.FAILED and self.has_retry_permission(request):
+        if run.status in RETRYABLE_RUN_STATUSES and self.has_retry_permission(request):
             buttons.append({"action": "retry_runs", "label": "Retry"})
         if self.has_rerun_permission(request):
             buttons.append({"action": "rerun_runs", "label": "Rerun from the start"})
-        if run.status in ACTIVE_RUN_STATUSES and self.has_cancel_permission(request):
+        if run.status in CANCELLABLE and self.has_cancel_permission(request):
             buttons.append({"action": "cancel_runs", "label": "Cancel"})
         if run.status not in ACTIVE_RUN_STATUSES and self.has_fork_permission(request):
             buttons.append({"action": "fork_runs", "label": "Fork from a step"})

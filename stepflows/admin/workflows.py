@@ -160,6 +160,8 @@ def option_lines(
     retries = wf.retries if wf.retries is not None else get_settings().RETRIES
     default = "" if wf.retries is not None else ", the default STEPFLOWS['RETRIES']"
     lines = [("retries", f"{retries}{default} (at most {retries + 1} attempts per step)")]
+    if wf.version:
+        lines.insert(0, ("version", f"{wf.version} (recorded on each run it starts)"))
     start, finish = wf.timeouts
     if start is not None:
         lines.append(("timeout to start", f"cancelled if still queued {period(start)} after sent"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..context import Context
+from ..exceptions import NonDeterminismError
 from ..store.records import StepRecord
 from .calls import StepCall
 from .control import StepOutcome, Suspend
@@ -32,6 +33,7 @@ class Host(Protocol):
     target: Target | None
     reached: StepOutcome | None
     suspended: Suspend | None
+    diverged: NonDeterminismError | None
 
     def where(self, step_id: str | None = None) -> str: ...
 
@@ -55,6 +57,8 @@ class Host(Protocol):
     def store_attempt(self, record: StepRecord, *, exists: bool) -> StepRecord: ...
 
     def suspend(self, signal: Suspend) -> Suspend: ...
+
+    def diverge(self, error: NonDeterminismError) -> NonDeterminismError: ...
 
     def own_callable(self, count: int) -> int | None: ...
 

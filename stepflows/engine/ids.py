@@ -14,6 +14,20 @@ from typing import Any
 
 from ..exceptions import NonDeterminismError, StepUsageError
 
+# What a run blocked by a change of code needs, said once for every mismatch.
+FIX = (
+    "The run is blocked: deploy code that makes the same step calls in the same order for "
+    "runs recorded before the change (put new or changed steps under "
+    '`if step.patched("<change-id>"):`), then retry the run.'
+)
+
+
+def mismatch(where: str, recorded: str, position: int, called: str) -> NonDeterminismError:
+    """The code called another step than the one recorded at ``position``."""
+    return NonDeterminismError(
+        f"{where}: recorded step {recorded} (position {position}), code now calls {called}. " + FIX
+    )
+
 
 @dataclass(frozen=True)
 class Target:
@@ -65,9 +79,11 @@ class StepIds:
         if self.forced is not None:
             forced, self.forced = self.forced, None
             if forced.step_id.split(":", 1)[0] != base_id:
-                raise NonDeterminismError(
-                    f"{self.where()}: parallel group at position {forced.group} expected step "
-                    f"{forced.step_id!r} but its callable started step {base_id!r}"
+                raise mismatch(
+                    f"{self.where()}: in the parallel group at position {forced.group}",
+                    repr(forced.step_id),
+                    forced.position,
+                    repr(base_id),
                 )
             self.position = forced.position + 1
             return forced.step_id, forced.position

@@ -29,7 +29,7 @@ from . import attempts, parallel
 from .calls import StepCall, current_step
 from .control import LeaseLost, Pending, StepOutcome, Suspend, TargetReached
 from .heartbeat import Lease, RunningStep, heartbeat
-from .ids import StepIds, Target
+from .ids import StepIds, Target, mismatch
 from .memo import Memo
 
 # The longest step timeout (a year, in seconds); leave it out for none.
@@ -74,6 +74,9 @@ class Invocation:
         # The inline attempt running now, shown running by the heartbeat past a moment.
         self.attempt: _Attempt | None = None
         self.suspended: Suspend | None = None
+        # The code left the recorded history: the run is blocked, even if the
+        # workflow caught the error (see runner._invoke).
+        self.diverged: NonDeterminismError | None = None
         # In a step task: the outcome of its step, once it ran.
         self.reached: StepOutcome | None = None
         # experimental_execution=True: asyncio.gather / asyncio.wait of step.run
@@ -114,6 +117,12 @@ class Invocation:
         self.suspended = signal
         return signal
 
+    def diverge(self, error: NonDeterminismError) -> NonDeterminismError:
+        """The code no longer matches the run's recorded steps: remember it, then raise it."""
+        if self.diverged is None:
+            self.diverged = error
+        return error
+
     # -- one step call ----------------------------------------------------------------
 
     def new_call(
@@ -146,13 +155,8 @@ class Invocation:
             )
         step_id, position = self.ids.next(base_id)
         record = self.memo.get(position)
-        if record is not None and record.step_id != step_id:
-            raise NonDeterminismError(
-                f"{self.where()}: the recorded history has step {record.step_id!r} at position "
-                f"{position}, but this replay reached step {step_id!r} there. Code outside "
-                "steps must take the same path on every replay; move anything random, "
-                "time-dependent or external into a step."
-            )
+        if record is not None and (record.step_id != step_id or record.kind != StepKind.RUN):
+            raise self.diverge(mismatch(self.where(), record.named, position, repr(step_id)))
         group = self.plan.group if self.plan is not None else None
         call = StepCall(step_id, position, record, fn, args, kwargs, group, timeout)
         self.place(call)
@@ -171,6 +175,12 @@ class Invocation:
 
     def decide_call(self, call: StepCall) -> Any:
         """Settle a step call without running it when possible; else return RUN_NOW."""
+        record = call.record
+        if record is not None and record.diverged:
+            # A parallel step's task replayed code that did not match: the run is
+            # blocked, not failed, and a retry runs that step again.
+            message = str((record.error or {}).get("message", ""))
+            raise self.diverge(NonDeterminismError(message))
         if self.plan is not None:
             return parallel.settle(self.plan, call)
         record = call.record

@@ -7,8 +7,20 @@ from typing import Any
 
 from django.db.models import Q
 
-from ..models import Step
+from ..models import Step, StepKind
 from ..store.records import FIELDS, StepRecord
+
+# A patch marker's step id: the patch id and this suffix, which no step id can
+# have (a step id's only ':' is before its counter, a number).
+PATCH_SUFFIX = ":patched"
+
+
+def marker_id(patch: str) -> str:
+    return patch + PATCH_SUFFIX
+
+
+def patch_id(marker: str) -> str:
+    return marker.removesuffix(PATCH_SUFFIX)
 
 
 class Memo:
@@ -19,18 +31,36 @@ class Memo:
     """
 
     def __init__(self, records: list[StepRecord], base: Memo | None = None) -> None:
+        # step.patched's answers: by patch id, apart from the positions, so a marker
+        # never shifts the steps the determinism check compares.
+        self.patches: dict[str, bool] = dict(base.patches) if base is not None else {}
+        for r in records:
+            if r.kind == StepKind.PATCH:
+                self.patches[patch_id(r.step_id)] = bool(r.output)
+        records = [r for r in records if r.kind != StepKind.PATCH]
         self.base: dict[int, StepRecord] = base.by_position if base is not None else {}
         self.by_position: dict[int, StepRecord] = {r.position: r for r in records}
         self.state_bytes: int = (base.state_bytes if base else 0) + sum(
             r.output_bytes for r in records
         )
         self.count: int = (base.count if base else 0) + len(records)
+        self.top: int = max((r.position for r in records), default=-1)
+        if base is not None:
+            self.top = max(self.top, base.top)
 
     def get(self, position: int) -> StepRecord | None:
         record = self.by_position.get(position)
         return record if record is not None else self.base.get(position)
 
+    def recorded_from(self, position: int) -> bool:
+        """Whether a step is recorded at ``position`` or after it."""
+        return self.top >= position
+
     def put(self, record: StepRecord) -> None:
+        if record.kind == StepKind.PATCH:
+            self.patches[patch_id(record.step_id)] = bool(record.output)
+            return
+        self.top = max(self.top, record.position)
         old = self.get(record.position)
         if old is None:
             self.count += 1
@@ -55,7 +85,7 @@ def load_memo(
     """
     qs = Step.objects.filter(run_id=run_id)
     if before_group is not None:
-        cond = Q(position__lt=before_group)
+        cond = Q(position__lt=before_group) | Q(kind=StepKind.PATCH)
         if plus_step is not None:
             cond |= Q(step_id=plus_step)
         qs = qs.filter(cond)
@@ -81,8 +111,12 @@ def _cached_base(run_id: Any, group: int, resumes: int) -> Memo:
     if memo is not None:
         _before_group.move_to_end(key)
         return memo
+    # Every patch marker too: the one step.patched met just before the group sits at
+    # the group's position.
     rows = (
-        Step.objects.filter(run_id=run_id, position__lt=group).order_by("position").values(*FIELDS)
+        Step.objects.filter(Q(position__lt=group) | Q(kind=StepKind.PATCH), run_id=run_id)
+        .order_by("position")
+        .values(*FIELDS)
     )
     memo = Memo([StepRecord.from_row(row) for row in rows])
     _before_group[key] = memo

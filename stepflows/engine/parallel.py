@@ -17,11 +17,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import LimitExceededError, NestedStepError, StepError, StepUsageError
+from ..exceptions import (
+    LimitExceededError,
+    NestedStepError,
+    NonDeterminismError,
+    StepError,
+    StepUsageError,
+)
 from ..models import StepStatus
 from ..serialization import restore
 from .calls import StepCall, current_step
 from .control import Pending, PlannedStep
+from .ids import FIX
 
 if TYPE_CHECKING:
     from .host import Host as Invocation
@@ -60,6 +67,33 @@ def check_entry(inv: Invocation, callables: tuple[Any, ...]) -> None:
                 f"{inv.where()}: step.parallel takes callables that each start one step "
                 f"(e.g. lambda: step.run('id', fn)); argument {i} is {fn!r}"
             )
+
+
+def check_size(inv: Invocation, group: int, planned: int) -> None:
+    """A group recorded with another number of steps than the code now plans: blocked.
+
+    A group's rows are stored together, when it is first planned: the rows at
+    ``group`` and after it that belong to it are the group as recorded. It
+    has shrunk when more of them follow one another than the code plans; it
+    has grown when fewer do and the run went on past them (the next row is
+    another step). A missing row (a failed step a fork did not copy) is
+    planned again, as before.
+    """
+    recorded: list[str] = []
+    while (record := inv.memo.get(group + len(recorded))) is not None and record.group == group:
+        recorded.append(record.step_id)
+    if not recorded or len(recorded) == planned:
+        return
+    after = inv.memo.get(group + len(recorded))
+    if len(recorded) < planned and after is None:
+        return
+    shown = ", ".join(repr(r) for r in recorded[:5]) + (", ..." if len(recorded) > 5 else "")
+    raise inv.diverge(
+        NonDeterminismError(
+            f"{inv.where()}: recorded parallel group at position {group} has {len(recorded)} "
+            f"steps ({shown}), code now plans {planned}. " + FIX
+        )
+    )
 
 
 def _check_one_step(inv: Invocation, index: int, before: int) -> None:
@@ -102,6 +136,7 @@ def run_sync(inv: Invocation, callables: tuple[Callable[[], Any], ...]) -> tuple
     if own is not None:
         callables[own]()
         raise inv.missed_target()
+    check_size(inv, inv.ids.position, len(callables))
     plan = inv.plan = Plan(inv.ids.position)
     values: list[Any] = []
     try:
@@ -130,6 +165,7 @@ async def run_async(
     if own is not None:
         await callables[own]()
         raise inv.missed_target()
+    check_size(inv, inv.ids.position, len(callables))
     plan = inv.plan = Plan(inv.ids.position)
     values: list[Any] = []
     try:

@@ -171,3 +171,87 @@ def unknown_run(run_id: Any, task: str) -> None:
         run_id,
         extra={"run_id": str(run_id), "workflow_id": None, "attempt": None},
     )
+
+
+RUN_FIELDS = ("id", "workflow_id", "started_at", "ended_at", "attempts")
+"""The fields of a run's row that :func:`run_stopped` reads."""
+
+
+def run_stopped(run: Any, status: str, error: dict[str, Any] | None) -> None:
+    """The periodic pass ended a run that no worker was executing (its end is stored).
+
+    The recovery failed it (``RecoveryLimitError``: found stuck too many times
+    without progress), or a run timeout cancelled it and the runs it invoked.
+    No worker reports these ends, so they are told here, once: an ERROR record
+    like a run that failed for good (``status`` says which end), and
+    ``run_finished`` with that status. ``run`` is the row as stored (its
+    ``started_at`` and ``ended_at`` give the duration).
+    """
+    run_id, workflow_id = str(run.id), run.workflow_id
+    started, ended = run.started_at, run.ended_at
+    duration = (ended - started).total_seconds() if started and ended else None
+    if runs_logger.isEnabledFor(logging.ERROR):
+        if duration is not None:
+            when = f"after {duration:.3f} s"
+        else:
+            when = "before it started" if started is None else "after an unknown time"
+        runs_logger.error(
+            "workflow %r, run %s: %s %s: %s",
+            workflow_id,
+            run_id,
+            status,
+            when,
+            _error_text(error),
+            extra={
+                "run_id": run_id,
+                "workflow_id": workflow_id,
+                "attempt": run.attempts,
+                "status": status,
+                "duration": duration,
+            },
+        )
+    signals.send_after_commit(
+        signals.run_finished,
+        _workflow(workflow_id),
+        run_id=run_id,
+        workflow_id=workflow_id,
+        status=status,
+        error=error,
+        duration=duration,
+    )
+
+
+def run_blocked(run: Any, error: dict[str, Any]) -> None:
+    """The run is stored blocked: its code no longer matches its recorded steps.
+
+    Logged at ERROR, as someone must deploy a fix and retry it; ``run_finished``
+    is sent with ``status="blocked"``, so receivers that page on failures see it
+    (a retried run sends ``run_finished`` again when it ends, as a retried
+    failed run does).
+    """
+    run_id, workflow_id = str(run.id), run.workflow_id
+    started = run.started_at
+    duration = (clock.now() - started).total_seconds() if started is not None else None
+    if runs_logger.isEnabledFor(logging.ERROR):
+        runs_logger.error(
+            "workflow %r, run %s: blocked: %s",
+            workflow_id,
+            run_id,
+            _error_text(error),
+            extra={
+                "run_id": run_id,
+                "workflow_id": workflow_id,
+                "attempt": run.attempts,
+                "status": "blocked",
+                "duration": duration,
+            },
+        )
+    signals.send_after_commit(
+        signals.run_finished,
+        _workflow(workflow_id),
+        run_id=run_id,
+        workflow_id=workflow_id,
+        status="blocked",
+        error=error,
+        duration=duration,
+    )

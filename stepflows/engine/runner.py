@@ -218,22 +218,29 @@ def _end(inv: Invocation, status: str, **fields: Any) -> None:
 def _invoke(inv: Invocation) -> None:
     try:
         value = inv.call_workflow(_tools(inv))
-    except Suspend as signal:
-        _suspend(inv, signal)
-        return
     except LeaseLost as lost:
         _stopped(inv.where(), lost)
-        return
-    except StepError as exc:
-        tb = exc.traceback or error_dict(exc)["traceback"]
-        _end(inv, RunStatus.FAILED, error=exc.as_dict() | {"traceback": tb})
         return
     except TRANSIENT_DB_ERRORS:
         # The database went away (a restart, a failover): not the workflow's
         # fault. The task retries the invocation with the same token; nothing counted.
         raise
-    except BaseException as exc:  # workflow code raised: retried, or final (see decide)
-        _retry_or_fail(inv, exc)
+    except BaseException as exc:
+        if isinstance(exc, NonDeterminismError) and inv.diverged is None:
+            inv.diverged = exc
+        if inv.diverged is not None:
+            # Whatever the workflow made of it: its code left the recorded steps.
+            _block(inv, inv.diverged)
+        elif isinstance(exc, Suspend):
+            _suspend(inv, exc)
+        elif isinstance(exc, StepError):
+            tb = exc.traceback or error_dict(exc)["traceback"]
+            _end(inv, RunStatus.FAILED, error=exc.as_dict() | {"traceback": tb})
+        else:  # workflow code raised: retried, or final (see decide)
+            _retry_or_fail(inv, exc)
+        return
+    if inv.diverged is not None:
+        _block(inv, inv.diverged)  # the workflow caught the error and went on
         return
     if inv.suspended is not None:
         # The workflow caught our signal (a bare `except BaseException`); honour it anyway.
@@ -271,6 +278,24 @@ def _suspend(inv: Invocation, signal: Suspend) -> None:
         inv.span.set_status(RunStatus.WAITING)
     else:
         _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(inv.run.id)))
+
+
+def _block(inv: Invocation, error: NonDeterminismError) -> None:
+    """The code no longer matches the run's recorded steps: block it until a fix is retried."""
+    run = inv.run
+    stored = error_dict(error)
+    blocked = run_store.block_run(
+        run.id,
+        inv.token,
+        stored,
+        listening=bool(inv.workflow.cancel_on),
+        slots=bool(inv.workflow.flow.concurrency),
+    )
+    if blocked:
+        inv.span.set_status(RunStatus.BLOCKED, stored["message"])
+        report.run_blocked(run, stored)
+    else:
+        _stopped(inv.where(), LeaseLost(inv.where(), cancelled=_cancelled(run.id)))
 
 
 def _cancelled(run_id: Any) -> bool:

@@ -18,7 +18,7 @@ from . import parallel
 from .calls import StepCall
 from .control import StepOutcome, TargetReached
 from .heartbeat import heartbeat
-from .ids import Target
+from .ids import FIX, Target
 from .invocation import RUN_NOW, Invocation
 
 
@@ -61,8 +61,9 @@ class StepTaskInvocation(Invocation):
         index = self.target.position - self.target.group
         if not 0 <= index < count:
             raise NonDeterminismError(
-                f"{self.where(self.target.step_id)}: its parallel group now has {count} "
-                f"callables, but the step was planned as number {index}"
+                f"{self.where(self.target.step_id)}: recorded parallel group at position "
+                f"{self.target.group} has this step as number {index + 1}, code now plans "
+                f"{count}. {FIX}"
             )
         self.ids.force(self.target)
         return index

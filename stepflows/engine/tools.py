@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 from asgiref.sync import sync_to_async
 
 from ..events import Event
-from . import waits
+from . import patches, waits
 from .calls import current_step
 from .invocation import Invocation
 
@@ -148,6 +148,34 @@ class StepSync:
         """
         return waits.invoke(self._inv, step_id, workflow=workflow, data=data, timeout=timeout)
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of a code change named ``patch_id``.
+
+        True when the run reaches this call on the new code with nothing
+        recorded from here on (a new run, or one in flight that had not got
+        this far); False when the run recorded steps past this point under the
+        old code, which it must replay. The answer is stored on the run, so
+        every replay gets the same one::
+
+            if step.patched("add-audit"):
+                step.run("audit", audit, order)
+
+        Once no run recorded before the change is in flight, replace the ``if``
+        with ``step.deprecate_patch("add-audit")`` and keep the new path only;
+        later, remove that line too. Not inside ``step.parallel`` (a
+        :class:`StepUsageError`): call it before the group.
+        """
+        return patches.patched(self._inv, patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark change ``patch_id`` as in every run: the code keeps its new path only.
+
+        Stores nothing and returns None; runs that stored an answer for
+        ``patch_id`` replay as before. Remove the call once no run started
+        before the change is left.
+        """
+        patches.deprecate_patch(self._inv, patch_id)
+
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a waits function from an async workflow, on the invocation's thread.
@@ -255,3 +283,16 @@ class Step:
         return await _in_thread(
             waits.invoke, self._inv, step_id, workflow=workflow, data=data, timeout=timeout
         )
+
+    async def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of change ``patch_id``; see
+        :meth:`StepSync.patched` (``if await step.patched("add-audit"): ...``)."""
+        answer: bool = await _in_thread(patches.patched, self._inv, patch_id)
+        return answer
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark change ``patch_id`` as in every run; see :meth:`StepSync.deprecate_patch`.
+
+        Not awaited: it stores nothing.
+        """
+        patches.deprecate_patch(self._inv, patch_id)

@@ -28,7 +28,6 @@ from ..exceptions import (
     ConfigurationError,
     LimitExceededError,
     NestedStepError,
-    NonDeterminismError,
     StepUsageError,
     WorkflowNotFoundError,
 )
@@ -42,6 +41,7 @@ from ..store.fence import LeaseLost
 from ..store.records import StepRecord
 from .calls import current_step
 from .control import Suspend
+from .ids import mismatch
 
 if TYPE_CHECKING:
     from .host import Host as Invocation
@@ -94,12 +94,8 @@ def _wait_step(inv: Invocation, base_id: Any, kind: str) -> tuple[str, int, Step
     step_id, position = inv.ids.next(base_id)
     record = inv.memo.get(position)
     if record is not None and (record.step_id != step_id or record.kind != kind):
-        raise NonDeterminismError(
-            f"{inv.where()}: the recorded history has step {record.step_id!r} "
-            f"({record.kind}) at position {position}, but this replay reached "
-            f"step.{_verb(kind)} {step_id!r} there. Code outside steps must take the same "
-            "path on every replay."
-        )
+        called = f"step.{_verb(kind)} {step_id!r}"
+        raise inv.diverge(mismatch(inv.where(), record.named, position, called))
     if record is None and inv.memo.count + 1 > inv.max_steps:
         raise LimitExceededError(
             f"{inv.where(step_id)}: the run would have more than "
@@ -337,7 +333,11 @@ def invoke(
     now = store.database_now()
     event_id = derived_event_id(inv.run_id, step_id, 0)
     child = Run(
-        workflow_id=child_wf.id, event_id=event_id, parent_id=inv.run_id, caller_step=step_id
+        workflow_id=child_wf.id,
+        event_id=event_id,
+        parent_id=inv.run_id,
+        caller_step=step_id,
+        version=child_wf.version or "",
     )
     record = _new(
         step_id,
@@ -409,29 +409,12 @@ def listen(inv: Invocation) -> bool:
 
 
 def wake_due_runs(now: datetime | None = None, *, limit: int = 1000) -> dict[str, int]:
-    """One pass: wake runs whose sleep is over or whose wait timed out; apply run timeouts.
+    """One pass: wake runs whose sleep is over or whose wait timed out.
 
     Runs in the periodic ``stepflows.recover`` task. ``now`` moves the sweep's
     clock (a test jumping over a long sleep).
     """
     now = now or store.database_now()
     woken = sum(store.wake_due(run_id, wake, now) for run_id, wake in store.due_runs(now, limit))
-    timed_out = 0
-    for wf in registry.all():
-        start, finish = wf.timeouts
-        if start is not None:
-            before = now - timedelta(seconds=start)
-            for run_id in store.queued_longer_than(wf.id, before, limit):
-                timed_out += run_store.cancel_run(
-                    run_id, reason=f"timed out: not started within {start:g} s (Timeouts.start)"
-                )
-        if finish is not None:
-            before = now - timedelta(seconds=finish)
-            for run_id in store.running_longer_than(wf.id, before, limit):
-                timed_out += run_store.cancel_run(
-                    run_id,
-                    reason=f"timed out: not finished within {finish:g} s of its start "
-                    "(Timeouts.finish)",
-                )
     dropped = store.drop_expired_waiters(now, limit)
-    return {"woken": woken, "timed_out": timed_out, "waiters_dropped": dropped}
+    return {"woken": woken, "waiters_dropped": dropped}

@@ -19,17 +19,18 @@ from django.utils import timezone
 
 from ..admin.flow_control import is_held
 from ..admin.flow_text import hold_text, line_figures, skip_reason
-from ..models import Intervention, Run, RunStatus, Step, StepStatus, WaitKind
+from ..models import Intervention, Run, RunStatus, Step, StepKind, StepStatus, WaitKind
 from ..store.fence import worker_of
 from ..timeline import format_seconds, local_time
 from ..timeline.lanes import parse_time
 
 RUN_KEYS_HELP = """\
-runs --json prints {"runs": [RUN, ...]}, newest first. RUN: id, workflow, status,
-event {id, name}, parent (the id of the run whose event started it, or null),
-created_at, started_at, ended_at (ISO 8601, or null), duration (seconds, or null),
-steps_done, steps_total, error ({type, message}, or null), now (what an active run
-is doing, why a run was skipped, or "").
+runs --json prints {"runs": [RUN, ...]}, newest first. RUN: id, workflow, version
+(of the code that started it, or ""), status, event {id, name}, parent (the id of
+the run whose event started it, or null), created_at, started_at, ended_at (ISO
+8601, or null), duration (seconds, or null), steps_done, steps_total (patch markers
+not counted), error ({type, message}, or null), now (what an active run is doing,
+why a run was skipped, or "").
 show --json prints RUN with, in addition: event {id, name, data}, output,
 error {type, message, traceback}, forked_from, fork_step, resumes, steps [STEP],
 children [{id, workflow, status, event, caller_step}] and interventions
@@ -107,6 +108,7 @@ def step_counts(run_ids: Sequence[Any]) -> dict[Any, tuple[int, int]]:
     """(steps completed, steps recorded) of each run, in one query."""
     rows = (
         Step.objects.filter(run_id__in=list(run_ids))
+        .exclude(kind=StepKind.PATCH)  # step.patched's answers: no work
         .values("run_id")
         .annotate(total=Count("pk"), done=Count("pk", filter=Q(status=StepStatus.COMPLETED)))
     )
@@ -126,6 +128,7 @@ def summary(run: Run, counts: tuple[int, int], now: str) -> dict[str, Any]:
     return {
         "id": str(run.id),
         "workflow": run.workflow_id,
+        "version": run.version,
         "status": run.status,
         "event": {"id": run.event_id, "name": run.event.name},
         "parent": str(run.parent_id) if run.parent_id else None,
@@ -143,8 +146,9 @@ def summary(run: Run, counts: tuple[int, int], now: str) -> dict[str, Any]:
 def detail(run: Run) -> dict[str, Any]:
     """The show document of one run: its RUN dict, steps, children and audit trail."""
     steps = list(Step.objects.filter(run_id=run.pk).order_by("position"))
-    done = sum(1 for s in steps if s.status == StepStatus.COMPLETED)
-    document = summary(run, (done, len(steps)), now_texts([run]).get(run.id, ""))
+    work = [s for s in steps if s.kind != StepKind.PATCH]
+    done = sum(1 for s in work if s.status == StepStatus.COMPLETED)
+    document = summary(run, (done, len(work)), now_texts([run]).get(run.id, ""))
     document["event"] = {"id": run.event_id, "name": run.event.name, "data": run.event.data}
     document["output"] = run.output
     document["error"] = (
@@ -250,6 +254,8 @@ def show_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:12} {value}")
 
     event = doc["event"]
+    if doc.get("version"):
+        field("version", doc["version"])
     field("event", f"{event['name']}  (id {event['id']})")
     if doc["parent"]:
         field("parent", f"{doc['parent']}  (the run that sent its event)")
@@ -268,6 +274,8 @@ def show_lines(doc: dict[str, Any]) -> list[str]:
     if doc["error"]:
         label = "why" if doc["status"] in (RunStatus.SKIPPED, RunStatus.CANCELLED) else "error"
         field(label, error_line(doc["error"]))
+    if doc["status"] == RunStatus.BLOCKED:
+        field("to resume", "deploy code that matches its recorded steps, then retry it")
     if doc["now"] and doc["status"] != RunStatus.SKIPPED:
         field("now", doc["now"])
     lines.append("")

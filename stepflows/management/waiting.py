@@ -1,7 +1,7 @@
 """``--wait``: follow runs until they end, and the exit status their outcomes give.
 
-Exit status 0 when every run completed, 1 when any failed, was cancelled or
-skipped, 2 when the timeout came first (the runs go on; only the waiting stops).
+Exit status 0 when every run completed, 1 when any failed, was blocked, was
+cancelled or skipped, 2 when the timeout came first (the runs go on; only the waiting stops).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MAX_POLL = 1.0
 
 WAIT_HELP = (
     "wait for the run(s) to end and print each outcome; exit status 0 when all completed, "
-    "1 when any failed, was cancelled or skipped, 2 on timeout"
+    "1 when any failed, was blocked, cancelled or skipped, 2 on timeout"
 )
 TIMEOUT_HELP = "with --wait: stop waiting after this many seconds (default: no limit)"
 

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from .. import clock, dispatch, tracing
 from ..models import Event, Run
+from ..registry import registry
 from .waits import share_names_and_find
 
 # The event an on_failure handler run is started with.
@@ -101,9 +102,17 @@ def _insert(
     return [e.id for e in events]
 
 
+def stamp_version(run: Run) -> Run:
+    """Record on a new run the version its workflow's code declares (``Run.version``)."""
+    if not run.version:
+        workflow = registry.find(run.workflow_id)
+        run.version = (workflow.version if workflow is not None else None) or ""
+    return run
+
+
 def insert_run(run: Run) -> None:
     """Store one run now (flow control decided on it); ``create_runs`` publishes it."""
-    run.save(force_insert=True)
+    stamp_version(run).save(force_insert=True)
 
 
 def create_runs(runs: Sequence[Run]) -> None:
@@ -118,7 +127,7 @@ def create_runs(runs: Sequence[Run]) -> None:
     # publish all-or-nothing, and a savepoint would cost each send a round trip.
     with transaction.atomic(savepoint=False):
         # A run flow control decided on is stored already (see sending.admit).
-        Run.objects.bulk_create([r for r in runs if r._state.adding])
+        Run.objects.bulk_create([stamp_version(r) for r in runs if r._state.adding])
         messages = [
             dispatch.execute_run(r.pk) for r in runs if r.status == "queued" and not r.waiting_for
         ]

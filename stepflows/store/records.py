@@ -49,6 +49,21 @@ class StepRecord:
     def is_finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def named(self) -> str:
+        """The step as an error names it: ``'charge'``, or ``'nap' (sleep)`` for a wait."""
+        kind = "" if self.kind == "run" else f" ({self.kind})"
+        return f"{self.step_id!r}{kind}"
+
+    @property
+    def diverged(self) -> bool:
+        """It failed because its task replayed code that no longer matched the run's steps."""
+        return (
+            self.status == StepStatus.FAILED
+            and isinstance(self.error, dict)
+            and self.error.get("type") == "NonDeterminismError"
+        )
+
     def before_unended_attempt(self) -> StepRecord:
         """The record without an attempt that was shown running and never ended.
 

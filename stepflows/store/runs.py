@@ -23,7 +23,15 @@ from django.db.models.functions import Coalesce
 
 from .. import clock, dispatch
 from ..conf import get_settings
-from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, Step, StepStatus, Waiter
+from ..models import (
+    ACTIVE_RUN_STATUSES,
+    RETRYABLE_RUN_STATUSES,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+    Waiter,
+)
 from . import admission, waits
 from .events import start_failure_handler
 from .fence import after_commit
@@ -171,6 +179,43 @@ def finish_run(
     return bool(done)
 
 
+def block_run(
+    run_id: Any,
+    token: str,
+    error: dict[str, Any],
+    *,
+    listening: bool = False,
+    slots: bool = False,
+) -> bool:
+    """Stop the run this worker holds as blocked: its code no longer matches its steps.
+
+    Like a failure, it releases the lease and hands its concurrency slots on
+    (``slots``); unlike one, it starts no ``on_failure`` handler and does not
+    end the step of a run that invoked it, which waits for the retry. Its
+    ``cancel_on`` waiters are dropped and registered again when a retry
+    resumes it (``listening``). False when it lost the lease.
+    """
+    fields = {
+        "status": RunStatus.BLOCKED,
+        "error": error,
+        "ended_at": clock.now(),
+        "join_group": None,
+        "join_pending": 0,
+        **RELEASED,
+    }
+    if listening:
+        fields["listening"] = False
+    with transaction.atomic():
+        done = _held(run_id, token).update(**fields)
+        if done and listening:
+            Waiter.objects.filter(run_id=run_id).delete()
+        if done and slots:
+            admission.release_slots(run_id)
+    if not done:
+        logger.warning("run %s: lost its lease before it could be marked blocked", run_id)
+    return bool(done)
+
+
 def fail_unclaimed_run(run_id: Any, error: dict[str, Any]) -> None:
     """Fail a run that could not even be started (its workflow is gone, say)."""
     with transaction.atomic():
@@ -298,7 +343,7 @@ def count_down_join(run_id: Any, group: int, size: int, max_state: int) -> bool 
 
 
 def cancel_run(run_id: Any, *, reason: str, children: bool = True) -> bool:
-    """Cancel an active run; False when it had already finished.
+    """Cancel an active or blocked run; False when it had already finished.
 
     Clearing the lease is what stops a worker executing it: its next write
     (or heartbeat) finds the lease gone. Its pending waits go with it; a run
@@ -307,7 +352,8 @@ def cancel_run(run_id: Any, *, reason: str, children: bool = True) -> bool:
     """
     error = {"type": "Cancelled", "message": reason, "traceback": ""}
     with transaction.atomic():
-        done = Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).update(
+        cancellable = (*ACTIVE_RUN_STATUSES, RunStatus.BLOCKED)
+        done = Run.objects.filter(pk=run_id, status__in=cancellable).update(
             status=RunStatus.CANCELLED,
             ended_at=clock.now(),
             error=error,
@@ -327,16 +373,23 @@ def cancel_run(run_id: Any, *, reason: str, children: bool = True) -> bool:
 
 
 def retry_failed_run(run_id: Any) -> Run | None:
-    """Queue a failed run again, its failed steps with a fresh retry budget.
+    """Queue a failed or blocked run again, its failed steps with a fresh retry budget.
 
+    Of a blocked run, only the steps that failed because their task replayed
+    code that did not match (a ``NonDeterminismError``) run again; a failure
+    the workflow handled stays as recorded, so the retry replays the same path.
     Returns the run's row as it was (locked), or None when it did not exist;
-    the caller checks that it had failed (nothing is written otherwise).
+    the caller checks that it had failed or was blocked (nothing is written
+    otherwise).
     """
     with transaction.atomic():
         locked = Run.objects.select_for_update().filter(pk=run_id).first()
-        if locked is None or locked.status != RunStatus.FAILED:
+        if locked is None or locked.status not in RETRYABLE_RUN_STATUSES:
             return locked
-        Step.objects.filter(run_id=run_id, status=StepStatus.FAILED).update(
+        failed = Step.objects.filter(run_id=run_id, status=StepStatus.FAILED)
+        if locked.status == RunStatus.BLOCKED:
+            failed = failed.filter(error__type="NonDeterminismError")
+        failed.update(
             status=StepStatus.SCHEDULED,
             error=None,
             retry_at=None,

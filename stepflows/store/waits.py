@@ -455,9 +455,9 @@ def end_invoke(
 
 
 def invoked_children(run_id: Any) -> list[Any]:
-    """Active runs that this run started with step.invoke."""
+    """Active (or blocked) runs that this run started with step.invoke."""
     return list(
-        Run.objects.filter(parent_id=run_id, status__in=ACTIVE_RUN_STATUSES)
+        Run.objects.filter(parent_id=run_id, status__in=(*ACTIVE_RUN_STATUSES, RunStatus.BLOCKED))
         .exclude(caller_step="")
         .values_list("id", flat=True)
     )

@@ -36,6 +36,8 @@ RUN_FILL = {
     "cancelled": "#8a6d3b",
     # Never started: a rate limit or a singleton said no (the reason is in the title).
     "skipped": "#9b8bb4",
+    # Stopped by a change of code that does not match its steps, until a retry.
+    "blocked": "#c7772b",
 }
 ATTEMPT_OK = "#2e7d3e"
 ATTEMPT_FAILED = "#c0392b"

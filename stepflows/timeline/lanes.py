@@ -20,6 +20,8 @@ MAX_STEP_LANES = 200
 
 #: Step.kind of the durable waits.
 WAIT_KINDS = ("sleep", "event", "invoke")
+#: Step.kind of step.patched's stored answers: no work, not drawn.
+PATCH_KIND = "patch"
 WAIT_NAME = {"sleep": "sleep", "event": "waiting for event", "invoke": "invoked run"}
 #: Run statuses in which a step not started yet may still start.
 ACTIVE = ("queued", "running", "waiting")
@@ -197,7 +199,9 @@ def track_for_run(
         queued_from=created if started and created and created < started else None,
     )
     lanes = [run_lane]
-    ordered = sorted(steps, key=lambda s: s.position)
+    ordered = sorted(
+        (s for s in steps if getattr(s, "kind", "") != PATCH_KIND), key=lambda s: s.position
+    )
     active = str(run.status) in ACTIVE
     # The latest end of the steps drawn so far: where a wait with no start of its own
     # began, and when a parallel group was handed to Celery.

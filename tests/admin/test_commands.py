@@ -144,6 +144,7 @@ def test_show_json_keys_are_the_documented_ones():
         "id", "workflow", "status", "event", "parent", "created_at", "started_at",
         "ended_at", "duration", "steps_done", "steps_total", "error", "now", "output",
         "forked_from", "fork_step", "resumes", "steps", "children", "interventions",
+        "version",
     }  # fmt: skip
     assert set(doc["steps"][1]) == {
         "step_id", "position", "group", "kind", "status", "started_at", "ended_at",

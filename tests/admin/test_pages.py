@@ -278,6 +278,7 @@ def test_runs_list_shows_parent_start_to_the_second_and_error_summary(admin_clie
     assert columns == [
         "run_link",
         "workflow_id",
+        "version_cell",
         "status_display",
         "trigger_event",
         "parent_link",

@@ -89,7 +89,7 @@ def test_repeated_step_ids_get_counter_suffixes_in_position_order() -> None:
     ]
 
 
-def test_replay_meeting_another_step_fails_with_non_determinism_error() -> None:
+def test_replay_meeting_another_step_blocks_the_run_with_non_determinism_error() -> None:
     with InProcess() as driver:
         [event_id] = stepflows.send("test/unit-nondeterministic")
         run_first_message(driver)
@@ -105,7 +105,7 @@ def test_replay_meeting_another_step_fails_with_non_determinism_error() -> None:
         driver.run_until_idle()
 
     run.refresh_from_db()
-    assert run.status == RunStatus.FAILED
+    assert run.status == RunStatus.BLOCKED
     assert run.error["type"] == "NonDeterminismError", run.error
     assert "'first-a'" in run.error["message"] and "'first-b'" in run.error["message"]
     assert run.attempts == 0

@@ -1,6 +1,6 @@
 """`python manage.py stepflows <verb>`: send events; list, show and manage runs.
 
-Verbs: send, runs, show, limits, retry, rerun, fork, cancel, replay, recover, bench.
+Verbs: send, runs, show, limits, retry, rerun, fork, cancel, replay, recover.
 """
 
 from __future__ import annotations
@@ -8,16 +8,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import termcolors, timezone
 
@@ -56,6 +51,14 @@ class Command(BaseCommand):
         runs.add_argument("--status", default=None, help="only runs with this status")
         runs.add_argument("--workflow", default=None, help="only runs of this workflow id")
         runs.add_argument(
+            "--version",
+            dest="code_version",
+            default=None,
+            metavar="V",
+            help="only runs started by this version of their workflow's code "
+            "(@workflow(version=...)); '' for runs of workflows that declare none",
+        )
+        runs.add_argument(
             "--json", dest="as_json", action="store_true", help="print one JSON document"
         )
         show = sub.add_parser(
@@ -72,7 +75,9 @@ class Command(BaseCommand):
             "limits", help="flow control: each workflow's limits, and per key what runs and waits"
         )
         limits.add_argument("--workflow", default=None, help="only this workflow")
-        retry = sub.add_parser("retry", help="resume failed runs where they failed")
+        retry = sub.add_parser(
+            "retry", help="resume failed or blocked runs where they stopped, on the current code"
+        )
         retry.add_argument("run_ids", nargs="+", metavar="RUN_ID")
         _reason(retry)
         _wait_options(retry)
@@ -112,10 +117,6 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="list the stuck runs, resume nothing"
         )
         recover.add_argument("--limit", type=int, default=1000, help="at most this many runs")
-        bench = sub.add_parser("bench", help="benchmark stepflows against raw Celery chords")
-        from ...bench.main import add_arguments as bench_arguments
-
-        bench_arguments(bench)
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         getattr(self, f"do_{verb.replace('-', '_')}")(**options)
@@ -154,6 +155,7 @@ class Command(BaseCommand):
         status: str | None,
         workflow: str | None,
         as_json: bool = False,
+        code_version: str | None = None,
         **_: Any,
     ) -> None:
         qs = Run.objects.select_related("event").order_by("-created_at")
@@ -161,6 +163,8 @@ class Command(BaseCommand):
             qs = qs.filter(status=status)
         if workflow:
             qs = qs.filter(workflow_id=workflow)
+        if code_version is not None:
+            qs = qs.filter(version=code_version)
         rows = list(qs[:limit])
         documents = runinfo.summaries(rows)
         if as_json:
@@ -178,7 +182,7 @@ class Command(BaseCommand):
         )
         for run, doc in zip(rows, documents, strict=True):
             tail = doc["now"]
-            if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            if run.status in (RunStatus.FAILED, RunStatus.BLOCKED, RunStatus.CANCELLED):
                 tail = runinfo.error_line(run.error, max(30, room), compact=True)
             steps = f"{doc['steps_done']}/{doc['steps_total']}"
             self.stdout.write(
@@ -405,49 +409,6 @@ class Command(BaseCommand):
             f"failed: {counts['failed']}, skipped: {counts['skipped']}"
         )
 
-    def do_bench(self, **options: Any) -> None:
-        """Run the bench in its own process, with the bench settings (see stepflows.bench)."""
-        argv = []
-        for name in (
-            "parallel_sizes",
-            "sequential_sizes",
-            "repeats",
-            "warmup",
-            "throughput_runs",
-            "throughput_width",
-            "rss_runs",
-            "sleep_runs",
-            "sleep_in_flight",
-            "wait_sizes",
-            "wait_sends",
-            "invoke_steps",
-            "concurrency_runs",
-            "handoff_runs",
-            "scenarios",
-            "concurrency",
-            "celery_app",
-        ):
-            if options.get(name) is not None:
-                argv += [f"--{name.replace('_', '-')}", str(options[name])]
-        if options.get("quick"):
-            argv.append("--quick")
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "stepflows.bench.settings",
-            "STEPFLOWS_BENCH_BASE_SETTINGS": settings.SETTINGS_MODULE,
-        }
-        env.setdefault("STEPFLOWS_BENCH_QUEUE", f"stepflows-bench-{os.getpid()}")
-        if not (os.environ.get("DATABASE_URL") or os.environ.get("CELERY_BROKER_URL")):
-            # Embedded default: a fresh database and broker folder of the bench's own.
-            default = Path(getattr(settings, "BASE_DIR", Path.cwd())) / "var" / "bench"
-            var = Path(os.environ.get("STEPFLOWS_BENCH_DIR") or default)
-            shutil.rmtree(var, ignore_errors=True)
-            var.mkdir(parents=True)
-            env["STEPFLOWS_VAR_DIR"] = str(var)
-        done = subprocess.run([sys.executable, "-m", "stepflows.bench", *argv], env=env)
-        if done.returncode:
-            raise CommandError(f"the bench failed (exit status {done.returncode})")
-
 
 #: Statuses on a terminal, in the colours of the admin's badges.
 STATUS_COLOURS: dict[str, dict[str, Any]] = {
@@ -457,6 +418,7 @@ STATUS_COLOURS: dict[str, dict[str, Any]] = {
     "failed": {"fg": "red", "opts": ("bold",)},
     "cancelled": {"fg": "yellow"},
     "skipped": {"fg": "magenta"},
+    "blocked": {"fg": "red"},
 }
 
 
