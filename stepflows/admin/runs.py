@@ -40,7 +40,7 @@ from .run_columns import (
     error_summary,
     parent_link,
     started,
-    version_cell,
+    workflow_cell,
 )
 from .steps import step_row, trim_traceback
 from .waits import (
@@ -95,8 +95,7 @@ def _attempt_sum() -> Coalesce:
 class RunAdmin(ReadOnlyAdmin):
     list_display = (
         "run_link",
-        "workflow_id",
-        version_cell,
+        workflow_cell,
         "status_display",
         "trigger_event",
         parent_link,

@@ -79,7 +79,7 @@ def test_the_retry_action_takes_a_blocked_run(admin_client_all):
     assert run.status == RunStatus.QUEUED and run.resumes == 1 and run.error is None
 
 
-def test_the_version_column_and_filter(admin_client_all):
+def test_the_version_under_the_workflow_and_its_filter(admin_client_all):
     old = build_run(workflow="wf-versioned")
     new = build_run(workflow="wf-versioned")
     plain = build_run(workflow="wf-plain")

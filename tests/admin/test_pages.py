@@ -277,8 +277,7 @@ def test_runs_list_shows_parent_start_to_the_second_and_error_summary(admin_clie
     columns = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
     assert columns == [
         "run_link",
-        "workflow_id",
-        "version_cell",
+        "workflow_cell",
         "status_display",
         "trigger_event",
         "parent_link",
