@@ -11,7 +11,7 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV     := $(VENV)/.installed-dev
 PORT    ?= 8000
 
-.PHONY: install demo test test-sample lint bench package clean
+.PHONY: install demo test test-sample test-matrix lint bench package clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,14 @@ test-sample: $(DEV)
 	cd samples/shop && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy
+## test-matrix: the fast suite on Django 5.2, 6.0 and 6.1 with Python 3.12 and 3.13, each in a
+## fresh venv under .nox/ (noxfile.py); NOX_ARGS="-p 3.13" or NOX_ARGS="-- -x" to narrow it
+test-matrix: $(DEV)
+	$(BIN)/nox $(NOX_ARGS)
+
 lint: $(DEV)
-	$(BIN)/ruff check stepflows project bench tools tests samples
-	$(BIN)/ruff format --check stepflows project bench tools tests samples
+	$(BIN)/ruff check stepflows project bench tools tests samples noxfile.py
+	$(BIN)/ruff format --check stepflows project bench tools tests samples noxfile.py
 	$(BIN)/mypy stepflows project bench tools/check_wheel.py
 
 ## bench: stepflows vs raw Celery chords (embedded default; DATABASE_URL / CELERY_BROKER_URL
@@ -68,4 +73,4 @@ package: $(DEV)
 	$(BIN)/python tools/check_wheel.py dist
 
 clean:
-	rm -rf var/test-runs var/bench dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/test-runs var/bench dist build .nox .pytest_cache .mypy_cache .ruff_cache

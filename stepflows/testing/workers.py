@@ -198,7 +198,10 @@ class CeleryWorker:
         if self.process is None:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # The main process only: it stops its pool itself. A SIGTERM to the whole
+            # group kills pool children under the pool's result lock, and the main
+            # process then waits on that lock until the timeout.
+            os.kill(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass

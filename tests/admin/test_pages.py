@@ -35,6 +35,7 @@ def get(client: Any, url: str, **params: Any) -> str:
 # -- runs list ---------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_runs_list_shows_workflow_status_event_steps_and_attempts(admin_client_all):
     build_run(workflow="wf-parallel", steps=PARALLEL_STEPS, event_name="app/parallel")
     html = get(admin_client_all, reverse(LIST))
@@ -113,6 +114,7 @@ def test_runs_list_search_by_run_id_short_id_and_event_name(admin_client_all):
 # -- run page ----------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_run_page_shows_payload_output_steps_and_timeline(admin_client_all):
     run = build_run(
         workflow="wf-parallel",

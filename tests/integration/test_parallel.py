@@ -45,6 +45,7 @@ def test_hundred_chunks_in_order(run_event):
     assert ids == ["summarize-chunk"] + [f"summarize-chunk:{i}" for i in range(1, 100)] + ["join"]
 
 
+@pytest.mark.smoke
 def test_parallel_step_retried_on_its_own(run_event, key):
     run = run_event("test/parallel-flaky", {"key": key})
     assert run.status == RunStatus.COMPLETED, run.error

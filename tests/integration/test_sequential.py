@@ -14,6 +14,7 @@ def steps_of(run):
     return {s.step_id: s for s in Step.objects.filter(run=run)}
 
 
+@pytest.mark.smoke
 def test_three_sequential_steps_complete(run_event, key):
     run = run_event("test/three-steps", {"key": key})
     assert run.status == RunStatus.COMPLETED, run.error
@@ -25,6 +26,7 @@ def test_three_sequential_steps_complete(run_event, key):
     assert run.started_at and run.ended_at and run.ended_at >= run.started_at
 
 
+@pytest.mark.smoke
 def test_async_workflow_with_plain_and_async_steps(run_event, key):
     run = run_event("test/async-steps", {"key": key})
     assert run.status == RunStatus.COMPLETED, run.error
@@ -34,6 +36,7 @@ def test_async_workflow_with_plain_and_async_steps(run_event, key):
     assert steps_of(run)["flaky"].attempt_count == 2
 
 
+@pytest.mark.smoke
 def test_step_failing_twice_then_succeeding(run_event, key):
     run = run_event("test/flaky", {"key": key, "failures": 2})
     assert run.status == RunStatus.COMPLETED, run.error

@@ -144,6 +144,7 @@ def test_a_short_sleep_wakes_within_the_sweep_interval(key):
     assert late <= SWEEP_INTERVAL + 1, f"the step after the sleep started {late:.2f} s late"
 
 
+@pytest.mark.smoke
 def test_sleep_until_a_time(key):
     until = timezone.now() + timedelta(seconds=2)
     run = wait_for_run(start("test/waits-sleep", {"key": key, "until": until.isoformat()}))
@@ -156,6 +157,7 @@ def test_sleep_until_a_time(key):
 # -- wait_for_event ------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_wait_for_event_is_resumed_by_the_matching_event_only(key):
     run_id = start("test/waits-event", {"key": key})
     waiting(run_id, "event")
