@@ -58,20 +58,37 @@ def run_started(run: Any) -> None:
 
 def run_finished(run: Any, status: str, error: dict[str, Any] | None = None) -> None:
     """The run ended (its end is stored): completed, or failed for good."""
-    run_id, workflow_id = str(run.id), run.workflow_id
     started = run.started_at
     duration = (clock.now() - started).total_seconds() if started is not None else None
     failed = status == "failed"
-    level = logging.ERROR if failed else logging.INFO
+    when = f"after {duration:.3f} s" if duration is not None else "after an unknown time"
+    _run_ended(
+        run,
+        status,
+        error,
+        duration,
+        logging.ERROR if failed else logging.INFO,
+        f"{status} {when}" + (f": {_error_text(error)}" if failed else ""),
+    )
+
+
+def _run_ended(
+    run: Any,
+    status: str,
+    error: dict[str, Any] | None,
+    duration: float | None,
+    level: int,
+    text: str,
+) -> None:
+    """Log how the run ended (ids in ``extra``) and send ``run_finished`` after commit."""
+    run_id, workflow_id = str(run.id), run.workflow_id
     if runs_logger.isEnabledFor(level):
         runs_logger.log(
             level,
-            "workflow %r, run %s: %s after %s%s",
+            "workflow %r, run %s: %s",
             workflow_id,
             run_id,
-            status,
-            f"{duration:.3f} s" if duration is not None else "an unknown time",
-            f": {_error_text(error)}" if failed else "",
+            text,
             extra={
                 "run_id": run_id,
                 "workflow_id": workflow_id,
@@ -187,38 +204,14 @@ def run_stopped(run: Any, status: str, error: dict[str, Any] | None) -> None:
     ``run_finished`` with that status. ``run`` is the row as stored (its
     ``started_at`` and ``ended_at`` give the duration).
     """
-    run_id, workflow_id = str(run.id), run.workflow_id
     started, ended = run.started_at, run.ended_at
     duration = (ended - started).total_seconds() if started and ended else None
-    if runs_logger.isEnabledFor(logging.ERROR):
-        if duration is not None:
-            when = f"after {duration:.3f} s"
-        else:
-            when = "before it started" if started is None else "after an unknown time"
-        runs_logger.error(
-            "workflow %r, run %s: %s %s: %s",
-            workflow_id,
-            run_id,
-            status,
-            when,
-            _error_text(error),
-            extra={
-                "run_id": run_id,
-                "workflow_id": workflow_id,
-                "attempt": run.attempts,
-                "status": status,
-                "duration": duration,
-            },
-        )
-    signals.send_after_commit(
-        signals.run_finished,
-        _workflow(workflow_id),
-        run_id=run_id,
-        workflow_id=workflow_id,
-        status=status,
-        error=error,
-        duration=duration,
-    )
+    if duration is not None:
+        when = f"after {duration:.3f} s"
+    else:
+        when = "before it started" if started is None else "after an unknown time"
+    text = f"{status} {when}: {_error_text(error)}"
+    _run_ended(run, status, error, duration, logging.ERROR, text)
 
 
 def run_blocked(run: Any, error: dict[str, Any]) -> None:
@@ -229,29 +222,6 @@ def run_blocked(run: Any, error: dict[str, Any]) -> None:
     (a retried run sends ``run_finished`` again when it ends, as a retried
     failed run does).
     """
-    run_id, workflow_id = str(run.id), run.workflow_id
     started = run.started_at
     duration = (clock.now() - started).total_seconds() if started is not None else None
-    if runs_logger.isEnabledFor(logging.ERROR):
-        runs_logger.error(
-            "workflow %r, run %s: blocked: %s",
-            workflow_id,
-            run_id,
-            _error_text(error),
-            extra={
-                "run_id": run_id,
-                "workflow_id": workflow_id,
-                "attempt": run.attempts,
-                "status": "blocked",
-                "duration": duration,
-            },
-        )
-    signals.send_after_commit(
-        signals.run_finished,
-        _workflow(workflow_id),
-        run_id=run_id,
-        workflow_id=workflow_id,
-        status="blocked",
-        error=error,
-        duration=duration,
-    )
+    _run_ended(run, "blocked", error, duration, logging.ERROR, f"blocked: {_error_text(error)}")
