@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -176,8 +177,23 @@ def load() -> str:
         return "?"
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a CI runner, ``kill``) unwind like Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, skipping ``with`` blocks:
+    the bench's worker would go on running, busy, with nobody to stop it. Raising
+    ``SystemExit`` instead runs ``CeleryWorker.__exit__``, which stops it.
+    """
+
+    def unwind(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    stop_on_sigterm()
     chosen = chosen_scenarios(args.scenarios)
     env = environment(os.environ)
     if "STEPFLOWS_VAR_DIR" in env:

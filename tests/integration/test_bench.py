@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -19,7 +23,8 @@ from tests.conftest import database_url
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_quick_bench_prints_table_and_json(tmp_path):
+def bench_env(tmp_path):
+    """The bench's environment: this session's backends (the test database), or its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPFLOWS_TEST")}
     env.pop("DATABASE_URL", None)
     env.pop("CELERY_BROKER_URL", None)
@@ -31,6 +36,11 @@ def test_quick_bench_prints_table_and_json(tmp_path):
         env["CELERY_BROKER_URL"] = os.environ.get(
             "STEPFLOWS_TEST_BROKER_URL", f"filesystem://{tmp_path / 'broker'}"
         )
+    return env
+
+
+def test_quick_bench_prints_table_and_json(tmp_path):
+    env = bench_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick"],
         cwd=settings.BASE_DIR,
@@ -50,3 +60,47 @@ def test_quick_bench_prints_table_and_json(tmp_path):
     assert result["throughput_ratio"] > 0
     assert isinstance(result["rss_growth"], float)
     assert "parallel N=3" in done.stdout and "throughput" in done.stdout
+
+
+def workers_on(queue):
+    """Pids of processes whose command line names ``queue`` (the bench's worker)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if queue.encode() in cmdline and b"worker" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def wait_for(condition, what, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_bench_stopped_by_sigterm_stops_its_worker(tmp_path):
+    queue = f"stepflows-bench-sigterm-{uuid.uuid4().hex[:8]}"
+    env = {**bench_env(tmp_path), "STEPFLOWS_BENCH_QUEUE": queue}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--scenarios", "memory"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: workers_on(queue) or bench.poll() is not None, "no worker started")
+        assert bench.poll() is None, "the bench ended before it could be stopped"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=120) == 128 + signal.SIGTERM
+        wait_for(lambda: not workers_on(queue), "the bench's worker outlived it")
+    finally:
+        bench.kill()
+        for pid in workers_on(queue):
+            os.kill(pid, signal.SIGKILL)
