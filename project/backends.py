@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from stepflows.celery_config import DATABASE_RECOMMENDED
+
 
 def database_from_url(url: str) -> dict[str, Any]:
     """``sqlite:///abs/path.sqlite3`` or ``postgres://user:pass@host:port/name``."""
@@ -27,6 +29,7 @@ def database_from_url(url: str) -> dict[str, Any]:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
             "TEST": {"NAME": str(Path(name).with_name("test-" + Path(name).name))},
+            **DATABASE_RECOMMENDED,
         }
     if parts.scheme in ("postgres", "postgresql", "pgsql"):
         return {
@@ -36,8 +39,7 @@ def database_from_url(url: str) -> dict[str, Any]:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
+            **DATABASE_RECOMMENDED,
         }
     raise ValueError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite or postgres)")
 

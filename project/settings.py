@@ -10,7 +10,7 @@ import os
 from importlib.util import find_spec
 from pathlib import Path
 
-from stepflows.celery_config import beat_schedule
+from stepflows.celery_config import RECOMMENDED, beat_schedule
 
 from .backends import broker_from_url, broker_transport, database_from_url
 
@@ -96,6 +96,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Keep database connections across tasks; DATABASES (project/backends.py) says for
+# how long and checks them (stepflows.celery_config.DATABASE_RECOMMENDED).
+CELERY_DB_REUSE_MAX = RECOMMENDED["CELERY_DB_REUSE_MAX"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -11,6 +11,10 @@ class StepflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+        from .worker_connections import install
+
+        # Celery's task signals: connections kept across tasks as across requests.
+        install()
 
         if os.environ.get("STEPFLOWS_TEST_DATABASE_NAME") or os.environ.get("STEPFLOWS_TEST_QUEUE"):
             # A worker started by stepflows.testing for a test: the test database, its queue.

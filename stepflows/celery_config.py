@@ -33,7 +33,25 @@ RECOMMENDED: dict[str, Any] = {
     "task_reject_on_worker_lost": True,
     # One message at a time per process: a killed worker takes few messages with it.
     "worker_prefetch_multiplier": 1,
+    # Keep database connections across tasks (Celery's Django fixup otherwise closes
+    # them before and after each one): stepflows then closes a connection only when
+    # the database's CONN_MAX_AGE or a failed health check says so, as Django does
+    # between requests (see stepflows.worker_connections and DATABASE_RECOMMENDED).
+    "CELERY_DB_REUSE_MAX": 10_000,
 }
+
+DATABASE_RECOMMENDED: dict[str, Any] = {
+    # Seconds a worker keeps a database connection open, across tasks.
+    "CONN_MAX_AGE": 600,
+    # Before a task's first query on a kept connection, check that it still works,
+    # and reconnect if not (a database restart): the task never sees a dead connection.
+    "CONN_HEALTH_CHECKS": True,
+}
+"""Keys for ``DATABASES["default"]`` (and any database stepflows' models use).
+
+With ``CONN_MAX_AGE = 0`` (Django's default) connections are still closed
+after every task, whatever ``CELERY_DB_REUSE_MAX`` says.
+"""
 
 REDIS_VISIBILITY_TIMEOUT = 3600
 """Seconds before Redis gives an unacknowledged message to another worker.
@@ -71,6 +89,10 @@ def django_settings(
     namespace: str = "CELERY", interval: float = RECOVERY_INTERVAL
 ) -> dict[str, Any]:
     """RECOMMENDED and the recovery schedule as Django settings (``CELERY_TASK_ACKS_LATE``...)."""
-    values = {f"{namespace}_{k.upper()}": v for k, v in RECOMMENDED.items()}
+    values = {
+        # CELERY_DB_REUSE_MAX is read under that name by Celery's Django fixup.
+        k if k.isupper() else f"{namespace}_{k.upper()}": v
+        for k, v in RECOMMENDED.items()
+    }
     values[f"{namespace}_BEAT_SCHEDULE"] = beat_schedule(interval)
     return values

@@ -211,3 +211,42 @@ def check_recovery_schedule(app_configs: Any = None, **kwargs: Any) -> list[Chec
             id="stepflows.W014",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_connection_reuse(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Workers keep database connections across tasks (see stepflows.worker_connections)."""
+    from django.core.checks import Warning
+    from django.db import connections
+
+    from .celery_config import DATABASE_RECOMMENDED, RECOMMENDED
+    from .worker_connections import REUSE_SETTING
+
+    reuse = RECOMMENDED[REUSE_SETTING]
+    wanted = ", ".join(f"{k!r}: {v!r}" for k, v in DATABASE_RECOMMENDED.items())
+    hint = (
+        f"Set {REUSE_SETTING} = {reuse} (in stepflows.celery_config.RECOMMENDED) and, in "
+        f"DATABASES['default'], {wanted}. stepflows then closes a connection between tasks "
+        "only when it is too old or broken, as Django does between requests."
+    )
+    if not _celery_conf().get(REUSE_SETTING):
+        return [
+            Warning(
+                f"Celery's {REUSE_SETTING} is not set: Celery closes every database connection "
+                "before and after each task, so each step opens a new one (on PostgreSQL, "
+                "a round trip and authentication that cost more than a short step)",
+                hint=hint,
+                id="stepflows.W015",
+            )
+        ]
+    closing = [alias for alias in connections if not connections.settings[alias]["CONN_MAX_AGE"]]
+    if not closing:
+        return []
+    return [
+        Warning(
+            f"{REUSE_SETTING} is set, but DATABASES {closing!r} have CONN_MAX_AGE = 0: their "
+            "connections are still closed after every task",
+            hint=hint,
+            id="stepflows.W015",
+        )
+    ]

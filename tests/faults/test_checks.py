@@ -6,7 +6,7 @@ import pytest
 from celery import current_app
 
 from stepflows.celery_config import RECOMMENDED, django_settings
-from stepflows.checks import check_celery
+from stepflows.checks import check_celery, check_connection_reuse
 
 
 @pytest.fixture
@@ -50,3 +50,30 @@ def test_django_settings_form():
     values = django_settings()
     assert values["CELERY_TASK_ACKS_LATE"] is True
     assert values["CELERY_BEAT_SCHEDULE"]["stepflows-recover"]["task"] == "stepflows.recover"
+    # Read under this name by Celery's Django fixup, whatever the namespace.
+    assert values["CELERY_DB_REUSE_MAX"] == RECOMMENDED["CELERY_DB_REUSE_MAX"]
+    assert "CELERY_CELERY_DB_REUSE_MAX" not in values
+
+
+def test_connections_closed_per_task_warn(conf):
+    conf.update(RECOMMENDED)
+    assert ids(check_connection_reuse()) == []
+    conf.update(CELERY_DB_REUSE_MAX=None)
+    [warning] = check_connection_reuse()
+    assert warning.id == "stepflows.W015" and not warning.is_serious()
+    assert "CELERY_DB_REUSE_MAX is not set" in warning.msg
+    assert "CONN_MAX_AGE" in warning.hint
+
+
+def test_reuse_without_conn_max_age_warns(conf):
+    from django.db import connections
+
+    conf.update(RECOMMENDED)
+    saved = connections.settings["default"]["CONN_MAX_AGE"]
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+    try:
+        [warning] = check_connection_reuse()
+    finally:
+        connections.settings["default"]["CONN_MAX_AGE"] = saved
+    assert warning.id == "stepflows.W015"
+    assert "['default'] have CONN_MAX_AGE = 0" in warning.msg

@@ -92,6 +92,9 @@ DATABASES = {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
         "TEST": {"NAME": BASE_DIR / "test-db.sqlite3"},
+        # Workers keep their connection across tasks (CELERY_DB_REUSE_MAX below).
+        "CONN_MAX_AGE": 600,
+        "CONN_HEALTH_CHECKS": True,
     }
 }
 
@@ -106,6 +109,8 @@ if os.environ.get("DATABASE_URL"):
         "PASSWORD": unquote(_db.password or ""),
         "HOST": _db.hostname or "",
         "PORT": str(_db.port or ""),
+        "CONN_MAX_AGE": 600,
+        "CONN_HEALTH_CHECKS": True,
     }
 
 
@@ -160,6 +165,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True  # a killed worker's task comes back
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_DB_REUSE_MAX = 10_000  # keep database connections across tasks
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}  # Redis
 CELERY_BEAT_SCHEDULE = beat_schedule()  # the recovery and sweep, every 10 s
 
