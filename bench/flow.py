@@ -22,6 +22,7 @@ from .scenarios import (
     Options,
     Results,
     cleanup,
+    heavy,
     median,
     send_runs,
     side_by_side,
@@ -43,8 +44,7 @@ def concurrency(opts: Options, res: Results, log: Callable[[str], None]) -> None
     free, limited = side_by_side(
         lambda: time_runs("bench/parallel", {"n": WIDTH}, runs),
         lambda: time_runs("bench/parallel-limited", {"n": WIDTH, "tenant": TENANT}, runs),
-        max(1, opts.repeats - 2) if opts.repeats > 3 else opts.repeats,
-        min(opts.warmup, 1),
+        *heavy(opts),
     )
     res.concurrency = {
         "runs": runs,

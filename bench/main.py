@@ -15,12 +15,14 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 SIZES = [10, 100, 1000]
 SCENARIOS = (
+    "costs",
     "parallel",
     "sequential",
     "throughput",
@@ -30,8 +32,12 @@ SCENARIOS = (
     "invoke",
     "concurrency",
     "handoff",
+    "prefetch",
 )
 
+#: What the bench compares stepflows with besides the raw chord in its own Django worker:
+#: the same chord in a plain Celery app, and DBOS Transact (PostgreSQL only).
+PEERS = ("celery", "dbos")
 
 #: The repository's root: the embedded default's folder is ``var/bench`` under it.
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parallel-sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--sequential-sizes", default=",".join(map(str, SIZES)))
-    p.add_argument("--repeats", type=int, default=5, help="measured repeats per scenario")
+    p.add_argument("--repeats", type=int, default=3, help="measured repeats per scenario")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured repeats first")
     p.add_argument("--throughput-runs", type=int, default=200)
     p.add_argument("--throughput-width", type=int, default=10)
@@ -71,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
         "--scenarios",
         default=",".join(SCENARIOS),
         help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--peers",
+        default=None,
+        help=f"comma-separated subset of {','.join(PEERS)}, or none "
+        "(default: all; with --quick: celery)",
     )
     p.add_argument("--concurrency", type=int, default=2, help="worker processes")
     p.add_argument("--celery-app", default=None, help="Celery app module (default: project's)")
@@ -128,6 +140,14 @@ def options(args: argparse.Namespace) -> Any:
             invoke_steps=5,
             concurrency_runs=20,
             handoff_runs=10,
+            concurrency=args.concurrency,
+            prefetch_width=3,
+            prefetch_runs=2,
+            prefetch_long_runs=2,
+            prefetch_long_steps=2,
+            prefetch_long_seconds=0.05,
+            costs_n=3,
+            peer_repeats=1,
         )
     return Options(
         ints(args.parallel_sizes),
@@ -144,6 +164,8 @@ def options(args: argparse.Namespace) -> Any:
         invoke_steps=args.invoke_steps,
         concurrency_runs=args.concurrency_runs,
         handoff_runs=args.handoff_runs,
+        concurrency=args.concurrency,
+        peer_repeats=min(args.repeats, 3),
     )
 
 
@@ -157,6 +179,20 @@ def chosen_scenarios(text: str) -> list[str]:
             f"choose from {','.join(SCENARIOS)}"
         )
     return [s for s in SCENARIOS if s in chosen]
+
+
+def chosen_peers(text: str | None, quick: bool) -> list[str]:
+    """The peers named in ``--peers`` (``none``: no peer); an unknown name is an error."""
+    if text is None:
+        return ["celery"] if quick else list(PEERS)
+    chosen = [p.strip() for p in text.split(",") if p.strip() and p.strip() != "none"]
+    unknown = [p for p in chosen if p not in PEERS]
+    if unknown:
+        raise SystemExit(
+            f"stepflows bench: unknown peer(s) {', '.join(unknown)}; choose from "
+            f"{','.join(PEERS)} or none"
+        )
+    return chosen
 
 
 def backend_name() -> str:
@@ -191,10 +227,55 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, unwind)
 
 
+def plain_chords(
+    stack: ExitStack, queue: str, concurrency: int, var: Path, res: Any
+) -> Callable[[int, int], float] | None:
+    """Start the plain Celery app's worker (stopped with ``stack``); None if it cannot join."""
+    from django.conf import settings
+
+    from .peers.plain_celery import PlainChords, result_backend_for
+
+    broker = str(settings.CELERY_BROKER_URL)
+    backend = result_backend_for(broker)
+    if backend is None:
+        res.peers["plain_celery"] = {"skipped": "no Redis to join the chord in"}
+        return None
+    plain = PlainChords(
+        broker,
+        dict(getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}),
+        backend,
+        f"{queue}-plain",
+        concurrency,
+        var / f"plain-worker-{uuid.uuid4().hex[:6]}.log",
+        transport=getattr(settings, "CELERY_BROKER_TRANSPORT", None),
+    )
+    stack.enter_context(plain)
+    res.peers["plain_celery"] = {"result_backend": backend.split("://", 1)[0]}
+    return plain.time_chords
+
+
+def dbos_peer(opts: Any, chosen: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """DBOS Transact on this PostgreSQL server, or why not."""
+    from .peers import dbos
+
+    url = dbos.database_url_of_django()
+    if url is None:
+        return {"skipped": "DBOS needs PostgreSQL"}
+    return dbos.measure(
+        url,
+        opts.parallel_sizes if "parallel" in chosen else [],
+        opts.sequential_sizes if "sequential" in chosen else [],
+        opts.peer_repeats,
+        min(opts.warmup, 1),
+        log,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     stop_on_sigterm()
     chosen = chosen_scenarios(args.scenarios)
+    peers = chosen_peers(args.peers, args.quick)
     env = environment(os.environ)
     if "STEPFLOWS_VAR_DIR" in env:
         shutil.rmtree(env["STEPFLOWS_VAR_DIR"], ignore_errors=True)
@@ -209,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from stepflows.testing import CeleryWorker
 
-    from . import flow, report, scenarios, waits
+    from . import costs, flow, prefetch, report, scenarios, waits
+    from .settings import STEPFLOWS_BENCH_FLOOR_QUEUE
 
     opts = options(args)
     call_command("migrate", verbosity=0)
@@ -223,35 +305,75 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line, file=sys.stderr, flush=True)
 
     res = scenarios.Results()
+    elapsed: dict[str, float] = {}
+
+    def timed(name: str, scenario: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        scenario()
+        elapsed[name] = round(time.perf_counter() - start, 1)
+        log(f"{name}: {elapsed[name]} s")
+
+    def worker_for(name: str, queues: str, extra: dict[str, str]) -> CeleryWorker:
+        return CeleryWorker(
+            app,
+            env={**env, **extra},
+            concurrency=args.concurrency,
+            queues=queues,
+            logfile=var / f"{name}-{uuid.uuid4().hex[:6]}.log",
+            name=name,
+            cwd=Path.cwd(),
+        )
+
     load_before = load()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    with CeleryWorker(
-        app,
-        env=env,
-        concurrency=args.concurrency,
-        queues=settings.CELERY_TASK_DEFAULT_QUEUE,
-        logfile=var / f"worker-{uuid.uuid4().hex[:6]}.log",
-        name="stepflows-bench",
-        cwd=Path.cwd(),
-    ) as worker:
-        if "parallel" in chosen:
-            scenarios.parallel(opts, res, log)
-        if "sequential" in chosen:
-            scenarios.sequential(opts, res, log)
-        if "throughput" in chosen:
-            scenarios.throughput(opts, res, log)
-        if "memory" in chosen:
-            scenarios.memory(opts, res, worker, log)
-        if "sleep" in chosen:
-            waits.sleep(opts, res, log)
-        if "wait" in chosen:
-            waits.wait(opts, res, log)
-        if "invoke" in chosen:
-            waits.invoke(opts, res, log)
-        if "concurrency" in chosen:
-            flow.concurrency(opts, res, log)
-        if "handoff" in chosen:
-            flow.handoff(opts, res, log)
+    if "costs" in chosen:
+        # Counted in this process, with no worker running.
+        timed("costs", lambda: res.costs.update(costs.measure(opts.costs_n, opts.costs_n)))
+    # Two workers, each idle while the other's side is measured: stepflows' with its
+    # recommended settings, the raw chords' with Celery's and Django's defaults.
+    floor_worker = worker_for(
+        "stepflows-bench-floor",
+        STEPFLOWS_BENCH_FLOOR_QUEUE,
+        {"STEPFLOWS_BENCH_PROFILE": "celery-defaults"},
+    )
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    with ExitStack() as stack:
+        stack.enter_context(floor_worker)
+        worker = stack.enter_context(worker_for("stepflows-bench", queue, {}))
+        plain = None
+        if "celery" in peers and {"parallel", "throughput"} & set(chosen):
+            plain = plain_chords(stack, queue, args.concurrency, var, res)
+        steps: dict[str, Callable[[], None]] = {
+            "parallel": lambda: scenarios.parallel(opts, res, log, plain),
+            "sequential": lambda: scenarios.sequential(opts, res, log),
+            "throughput": lambda: scenarios.throughput(opts, res, log, plain),
+            "memory": lambda: scenarios.memory(opts, res, worker, log),
+            "sleep": lambda: waits.sleep(opts, res, log),
+            "wait": lambda: waits.wait(opts, res, log),
+            "invoke": lambda: waits.invoke(opts, res, log),
+            "concurrency": lambda: flow.concurrency(opts, res, log),
+            "handoff": lambda: flow.handoff(opts, res, log),
+        }
+        for name in chosen:
+            if name in steps:
+                timed(name, steps[name])
+    if "prefetch" in chosen:
+        # After the others: each multiplier's worker alone on stepflows' queue.
+        timed(
+            "prefetch",
+            lambda: prefetch.prefetch(
+                opts,
+                res,
+                log,
+                lambda m: worker_for(
+                    f"stepflows-bench-prefetch{m}", queue, {"STEPFLOWS_BENCH_PREFETCH": str(m)}
+                ),
+            ),
+        )
+    if "dbos" in peers and {"parallel", "sequential"} & set(chosen):
+        # Last, with every Celery worker stopped: DBOS runs its workflows in this
+        # machine's cores too.
+        timed("dbos", lambda: res.peers.update(dbos=dbos_peer(opts, chosen, log)))
     scenarios.cleanup()
     meta = {
         "backend": backend_name(),
@@ -261,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "workers": args.concurrency,
         "repeats": opts.repeats,
+        "scenario_s": elapsed,
     }
     print(report.table(meta, res))
     print(json.dumps(report.summary(meta, res), sort_keys=False))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from celery import chord
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 from django_celery_results.models import GroupResult, TaskResult
@@ -48,6 +47,14 @@ class Options:
     invoke_steps: int = 50
     concurrency_runs: int = 200
     handoff_runs: int = 100
+    concurrency: int = 2
+    costs_n: int = 100
+    peer_repeats: int = 3
+    prefetch_width: int = 100
+    prefetch_runs: int = 50
+    prefetch_long_runs: int = 4
+    prefetch_long_steps: int = 5
+    prefetch_long_seconds: float = 0.2
 
 
 @dataclass
@@ -61,6 +68,19 @@ class Results:
     invoke: dict[str, float] = field(default_factory=dict)
     concurrency: dict[str, float] = field(default_factory=dict)
     handoff: dict[str, float] = field(default_factory=dict)
+    prefetch: dict[str, dict[str, float]] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
+    peers: dict[str, Any] = field(default_factory=dict)
+
+
+def heavy(opts: Options) -> tuple[int, int]:
+    """Repeats and warm-ups of the scenarios that send hundreds of runs at a time.
+
+    Each of their repeats takes tens of seconds, and they come after the parallel
+    scenario has warmed the workers: two repeats (one with ``--repeats 1``), with
+    the two sides alternating, and no warm-up round.
+    """
+    return max(1, min(opts.repeats, 2)), 0
 
 
 def median(values: list[float]) -> float:
@@ -113,9 +133,9 @@ def time_runs(name: str, data: dict[str, Any], count: int = 1) -> float:
 
 def time_chords(width: int, count: int = 1) -> float:
     # Imported here: the bench app registers its workflows; importing this module must not.
+    from .settings import STEPFLOWS_BENCH_FLOOR_QUEUE as queue
     from .workflows import callback_task, noop_task
 
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
     start = time.perf_counter()
     callbacks = []
     for _ in range(count):
@@ -157,7 +177,13 @@ def side_by_side(
 # -- scenarios ----------------------------------------------------------------
 
 
-def parallel(opts: Options, res: Results, log: Callable[[str], None]) -> None:
+#: Times ``count`` chords of a width on a peer (the plain Celery app), or None.
+PeerChords = Callable[[int, int], float] | None
+
+
+def parallel(
+    opts: Options, res: Results, log: Callable[[str], None], plain: PeerChords = None
+) -> None:
     for n in opts.parallel_sizes:
         floors, ours = side_by_side(
             functools.partial(time_chords, n),
@@ -168,11 +194,24 @@ def parallel(opts: Options, res: Results, log: Callable[[str], None]) -> None:
         res.parallel[n] = {"chord_s": median(floors), "stepflows_s": median(ours)}
         res.parallel[n]["ratio"] = res.parallel[n]["stepflows_s"] / res.parallel[n]["chord_s"]
         log(f"parallel N={n}: chord {floors} stepflows {ours}")
+        if plain is not None:
+            # Measured next to the same N, after the pair: the plain worker is idle
+            # while the others run, and they are while it runs.
+            plains = [plain(n, 1) for _ in range(opts.warmup + opts.repeats)][opts.warmup :]
+            res.parallel[n]["plain_s"] = median(plains)
+            log(f"parallel N={n}: plain celery {plains}")
         cleanup()
 
 
 def sequential(opts: Options, res: Results, log: Callable[[str], None]) -> None:
-    for n in opts.sequential_sizes:
+    """N inline steps in one run; also a run of no step, the fixed cost each size pays.
+
+    ``ms_per_step`` is the whole run over N (the fixed cost included, so it falls
+    with N); ``marginal_ms_per_step`` is what each step adds: (run of N - run of
+    none) / N, which stays flat when nothing grows with the run's length.
+    """
+    empty: list[float] = []
+    for n in [0, *opts.sequential_sizes]:
         for _ in range(opts.warmup):
             in_run_seconds("bench/sequential", {"n": n})
         walls, inside = [], []
@@ -180,28 +219,40 @@ def sequential(opts: Options, res: Results, log: Callable[[str], None]) -> None:
             wall, run_s = in_run_seconds("bench/sequential", {"n": n})
             walls.append(wall)
             inside.append(run_s)
+        log(f"sequential N={n}: {walls}")
+        cleanup()
+        if n == 0:
+            empty = walls
+            continue
         res.sequential[n] = {
             "wall_s": median(walls),
             "ms_per_step": median(walls) * 1000 / n,
+            "marginal_ms_per_step": (median(walls) - median(empty)) * 1000 / n,
             "in_run_ms_per_step": median(inside) * 1000 / n,
         }
-        log(f"sequential N={n}: {walls}")
-        cleanup()
 
 
-def throughput(opts: Options, res: Results, log: Callable[[str], None]) -> None:
+def throughput(
+    opts: Options, res: Results, log: Callable[[str], None], plain: PeerChords = None
+) -> None:
     runs, width = opts.throughput_runs, opts.throughput_width
+    repeats, warmup = heavy(opts)
     floors, ours = side_by_side(
         lambda: time_chords(width, runs),
         lambda: time_runs("bench/parallel", {"n": width}, runs),
-        max(1, opts.repeats - 2) if opts.repeats > 3 else opts.repeats,
-        min(opts.warmup, 1),
+        repeats,
+        warmup,
     )
+    if plain is not None:
+        plains = [plain(width, runs) for _ in range(repeats)]
+        res.throughput["plain_steps_per_s"] = runs * width / median(plains)
     steps = runs * width
-    res.throughput = {
-        "chord_steps_per_s": steps / median(floors),
-        "stepflows_steps_per_s": steps / median(ours),
-    }
+    res.throughput.update(
+        {
+            "chord_steps_per_s": steps / median(floors),
+            "stepflows_steps_per_s": steps / median(ours),
+        }
+    )
     res.throughput["ratio"] = (
         res.throughput["stepflows_steps_per_s"] / res.throughput["chord_steps_per_s"]
     )
@@ -222,10 +273,17 @@ def memory(opts: Options, res: Results, worker: Any, log: Callable[[str], None])
     pids = sorted(worker.child_pids())
 
     def many(count: int) -> None:
+        # Four in five runs are one inline step, the fifth an inline step and a parallel
+        # pair: every path is taken thousands of times, and 10,000 runs take a minute
+        # or two rather than the bench's whole budget.
         left = count
         while left > 0:
             batch = min(opts.batch, left)
-            wait_runs(send_runs("bench/small", {}, batch))
+            small = max(1, batch // 5)
+            runs = send_runs("bench/small", {}, small)
+            if batch > small:
+                runs += send_runs("bench/tiny", {}, batch - small)
+            wait_runs(runs)
             left -= batch
             cleanup()
 

@@ -54,6 +54,25 @@ def bench_small(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
     return int(first + a + b)
 
 
+@stepflows.workflow(id="bench-tiny", trigger="bench/tiny", retries=0)
+def bench_tiny(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """The smallest run: one inline step, one task."""
+    return int(step.run("only", noop, 1))
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@stepflows.workflow(id="bench-long", trigger="bench/long", retries=0)
+def bench_long(ctx: stepflows.Context, step: stepflows.StepSync) -> int:
+    """A parallel group of steps that each take ``seconds`` (sleeping: the pool stays busy)."""
+    n, seconds = ctx.event.data["n"], ctx.event.data["seconds"]
+    step.parallel(*[functools.partial(step.run, "nap", nap, seconds) for _ in range(n)])
+    return n
+
+
 # -- durable waits ------------------------------------------------------------
 
 

@@ -60,10 +60,19 @@ def test_quick_bench_prints_table_and_json(tmp_path):
     assert result["throughput_ratio"] > 0
     assert isinstance(result["rss_growth"], float)
     assert "parallel N=3" in done.stdout and "throughput" in done.stdout
+    # Counted, not timed: a parallel step is one commit and one message.
+    assert result["costs"]["parallel"]["per_step"]["messages"] == 1
+    assert set(result["prefetch"]) == {"1", "4"}
+    assert result["sequential_marginal_ms_per_step"].keys() == {"3"}
+    # --quick brings the plain Celery peer only (DBOS would install a venv).
+    assert "dbos" not in result["peers"]
+    plain = result["peers"]["plain_celery"]
+    assert "skipped" in plain or plain["parallel_ratio"]["3"] > 0
 
 
 def workers_on(queue):
-    """Pids of processes whose command line names ``queue`` (the bench's worker)."""
+    """Pids of processes whose command line names ``queue`` or one after it (the bench's
+    workers: stepflows', the raw chords' on ``<queue>-floor``)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -72,7 +81,7 @@ def workers_on(queue):
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if queue.encode() in cmdline and b"worker" in cmdline:
+        if b"worker" in cmdline and any(arg.startswith(queue.encode()) for arg in cmdline):
             found.append(int(proc.name))
     return found
 
@@ -84,7 +93,7 @@ def wait_for(condition, what, timeout=120.0):
         time.sleep(0.2)
 
 
-def test_a_bench_stopped_by_sigterm_stops_its_worker(tmp_path):
+def test_a_bench_stopped_by_sigterm_stops_its_workers(tmp_path):
     queue = f"stepflows-bench-sigterm-{uuid.uuid4().hex[:8]}"
     env = {**bench_env(tmp_path), "STEPFLOWS_BENCH_QUEUE": queue}
     bench = subprocess.Popen(

@@ -119,7 +119,7 @@ def flow_results() -> Results:
 
 
 def test_flow_scenarios_are_in_the_default_run_and_quick_keeps_them_tiny():
-    assert main.SCENARIOS[-2:] == ("concurrency", "handoff")
+    assert main.SCENARIOS[-3:-1] == ("concurrency", "handoff")
     assert main.chosen_scenarios("handoff,concurrency,parallel") == [
         "parallel",
         "concurrency",
@@ -184,3 +184,88 @@ def test_table_has_one_line_per_flow_figure():
     assert row.split()[4:7] == ["9.5", "9.1", "0.96"]
     assert "slot hand-over N=100 (ms, p50)" in text and "(p99: 30.0;" in text
     assert "concurrency limit" not in report.table(META, waits_results())
+
+
+def peer_results() -> Results:
+    res = Results()
+    res.parallel = {
+        100: {"chord_s": 1.0, "stepflows_s": 0.9, "ratio": 0.9, "plain_s": 0.45},
+        1000: {"chord_s": 10.0, "stepflows_s": 8.0, "ratio": 0.8, "plain_s": 4.0},
+    }
+    res.sequential = {
+        1000: {
+            "wall_s": 0.95,
+            "ms_per_step": 0.95,
+            "marginal_ms_per_step": 0.93,
+            "in_run_ms_per_step": 0.9,
+        }
+    }
+    res.throughput = {
+        "chord_steps_per_s": 100.0,
+        "stepflows_steps_per_s": 110.0,
+        "ratio": 1.1,
+        "plain_steps_per_s": 220.0,
+    }
+    res.peers = {
+        "plain_celery": {"result_backend": "redis"},
+        "dbos": {
+            "version": "3.4.0",
+            "parallel_s": {100: 2.0, 1000: 20.0},
+            "gather_s": {100: 0.6},
+            "sequential_ms_per_step": {1000: 4.75},
+        },
+    }
+    return res
+
+
+def test_peers_are_all_by_default_celery_with_quick_and_unknown_names_are_refused():
+    assert main.chosen_peers(None, quick=False) == ["celery", "dbos"]
+    assert main.chosen_peers(None, quick=True) == ["celery"]
+    assert main.chosen_peers("none", quick=False) == []
+    assert main.chosen_peers("dbos", quick=True) == ["dbos"]
+    with pytest.raises(SystemExit, match="unknown peer"):
+        main.chosen_peers("temporal", quick=False)
+
+
+def test_json_line_gives_each_peer_and_stepflows_ratio_to_it():
+    line = json.loads(json.dumps(report.summary(META, peer_results())))
+    plain, dbos = line["peers"]["plain_celery"], line["peers"]["dbos"]
+    assert plain["parallel_s"] == {"100": 0.45, "1000": 4.0}
+    assert plain["parallel_ratio"] == {"100": 2.0, "1000": 2.0}
+    assert (plain["throughput_steps_per_s"], plain["throughput_ratio"]) == (220.0, 0.5)
+    assert dbos["parallel_ratio"] == {"100": 0.45, "1000": 0.4}
+    assert dbos["gather_ratio"] == {"100": 1.5}
+    assert dbos["sequential_ratio"] == {"1000": 0.2}
+    assert line["sequential_marginal_ms_per_step"] == {"1000": 0.93}
+
+
+def test_table_has_a_peers_section_and_says_why_a_peer_was_skipped():
+    res = peer_results()
+    res.peers["dbos"] = {"skipped": "DBOS needs PostgreSQL"}
+    text = report.table(META, res)
+    assert "peers (ratio: stepflows / peer)" in text
+    assert "0.450 (2.00x)" in text and "220.0 (0.50x)" in text
+    assert "DBOS: skipped, DBOS needs PostgreSQL" in text
+    assert "each step adds: 0.930" in text
+    assert report.summary(META, res)["peers"]["dbos"]["skipped"] == "DBOS needs PostgreSQL"
+
+
+def test_no_peer_no_peer_section():
+    assert "peers" not in report.table(META, Results())
+    assert report.summary(META, Results())["peers"] == {}
+
+
+def test_prefetch_table_compares_the_two_multipliers():
+    res = Results()
+    for m, factor in (("1", 1.0), ("4", 0.5)):
+        res.prefetch[m] = {
+            "width": 100,
+            "short_parallel_s": 1.0 * factor,
+            "short_steps_per_s": 100 / factor,
+            "long_s": 2.5,
+            "long_ideal_s": 2.0,
+        }
+    text = report.table(META, res)
+    assert "worker_prefetch_multiplier" in text and "short: parallel N=100 (s)" in text
+    assert "(long: 2.00 s if every process were always busy)" in text
+    assert report.summary(META, res)["prefetch"]["4"]["short_parallel_s"] == 0.5

@@ -1,0 +1,1 @@
+"""Peers the bench compares with: DBOS, and a plain Celery app."""
