@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured repeats first")
     p.add_argument("--throughput-runs", type=int, default=200)
     p.add_argument("--throughput-width", type=int, default=10)
-    p.add_argument("--rss-runs", type=int, default=10_000)
+    p.add_argument("--rss-runs", type=int, default=3000, help="runs between the two RSS readings")
     p.add_argument("--sleep-runs", type=int, default=1000, help="runs that sleep 1 s")
     p.add_argument(
         "--sleep-in-flight", type=int, default=50, help="sleeping runs at a time (of --sleep-runs)"

@@ -184,12 +184,15 @@ PeerChords = Callable[[int, int], float] | None
 def parallel(
     opts: Options, res: Results, log: Callable[[str], None], plain: PeerChords = None
 ) -> None:
-    for n in opts.parallel_sizes:
+    for i, n in enumerate(opts.parallel_sizes):
+        # Warm-up rounds before the first size only: by the next, every worker process
+        # has its imports, caches and connections (a round at N = 1000 takes ~30 s).
+        warmup = opts.warmup if i == 0 else 0
         floors, ours = side_by_side(
             functools.partial(time_chords, n),
             functools.partial(time_runs, "bench/parallel", {"n": n}),
             opts.repeats,
-            opts.warmup,
+            warmup,
         )
         res.parallel[n] = {"chord_s": median(floors), "stepflows_s": median(ours)}
         res.parallel[n]["ratio"] = res.parallel[n]["stepflows_s"] / res.parallel[n]["chord_s"]
@@ -197,7 +200,7 @@ def parallel(
         if plain is not None:
             # Measured next to the same N, after the pair: the plain worker is idle
             # while the others run, and they are while it runs.
-            plains = [plain(n, 1) for _ in range(opts.warmup + opts.repeats)][opts.warmup :]
+            plains = [plain(n, 1) for _ in range(warmup + opts.repeats)][warmup:]
             res.parallel[n]["plain_s"] = median(plains)
             log(f"parallel N={n}: plain celery {plains}")
         cleanup()

@@ -239,7 +239,13 @@ def check_connection_reuse(app_configs: Any = None, **kwargs: Any) -> list[Check
                 id="stepflows.W015",
             )
         ]
-    closing = [alias for alias in connections if not connections.settings[alias]["CONN_MAX_AGE"]]
+    # A psycopg pool (OPTIONS["pool"], which needs CONN_MAX_AGE = 0) keeps the
+    # connection itself: closing hands it back to the pool.
+    closing = [
+        alias
+        for alias, db in connections.settings.items()
+        if not db["CONN_MAX_AGE"] and not db.get("OPTIONS", {}).get("pool")
+    ]
     if not closing:
         return []
     return [

@@ -96,6 +96,19 @@ def return_type(fn: Callable[..., Any]) -> Any:
     if not inspect.isroutine(fn) and callable(fn):
         target = type(fn).__call__  # a callable object: its __call__ declares the type
     try:
+        return _declared_return(target)
+    except TypeError:  # unhashable: resolve it every time
+        return _declared_return.__wrapped__(target)
+
+
+@functools.lru_cache(maxsize=4096)
+def _declared_return(target: Any) -> Any:
+    """The return annotation of ``target``, resolved once per function.
+
+    ``typing.get_type_hints`` evaluates every annotation of the function, at each
+    step call otherwise; a function's annotations do not change while it runs.
+    """
+    try:
         annotation = typing.get_type_hints(target).get("return")
     except Exception:
         # One unresolvable parameter annotation (say, a type imported under

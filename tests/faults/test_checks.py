@@ -77,3 +77,16 @@ def test_reuse_without_conn_max_age_warns(conf):
         connections.settings["default"]["CONN_MAX_AGE"] = saved
     assert warning.id == "stepflows.W015"
     assert "['default'] have CONN_MAX_AGE = 0" in warning.msg
+
+
+def test_a_psycopg_pool_keeps_connections_without_conn_max_age(conf):
+    from django.db import connections
+
+    conf.update(RECOMMENDED)
+    db = connections.settings["default"]
+    saved = db["CONN_MAX_AGE"], db.get("OPTIONS", {})
+    db["CONN_MAX_AGE"], db["OPTIONS"] = 0, {**saved[1], "pool": True}
+    try:
+        assert check_connection_reuse() == []
+    finally:
+        db["CONN_MAX_AGE"], db["OPTIONS"] = saved

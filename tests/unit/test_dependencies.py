@@ -20,6 +20,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "stepflows.conf": ("stepflows.",),
     "stepflows.events": ("stepflows.",),
     "stepflows.flow": ("stepflows.",),
+    "stepflows.celery_config": ("stepflows.",),
+    "stepflows.worker_connections": ("stepflows.",),
     "stepflows.serialization": (
         "stepflows.engine",
         "stepflows.store",
