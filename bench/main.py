@@ -165,7 +165,7 @@ def options(args: argparse.Namespace) -> Any:
         concurrency_runs=args.concurrency_runs,
         handoff_runs=args.handoff_runs,
         concurrency=args.concurrency,
-        peer_repeats=min(args.repeats, 3),
+        peer_repeats=min(args.repeats, 2),
     )
 
 

@@ -76,7 +76,7 @@ def peer_lines(res: Results) -> list[str]:
             f"{cell(dbos.get('parallel_s', {}), dbos.get('parallel_ratio', {}), key, '.3f'):>16} "
             f"{cell(dbos.get('gather_s', {}), dbos.get('gather_ratio', {}), key, '.3f'):>16}"
         )
-    for n in res.sequential:
+    for n in res.sequential if dbos.get("sequential_ms_per_step") else []:
         key = str(n)
         seq = cell(
             dbos.get("sequential_ms_per_step", {}), dbos.get("sequential_ratio", {}), key, ".3f"
