@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -56,7 +54,6 @@ DEFAULT_RESULTS = "redis://127.0.0.1:6379/15"
 POLL = 0.005
 TIMEOUT = 900.0
 READY_TIMEOUT = 60.0
-PING_TIMEOUT = 0.5
 STOP_TIMEOUT = 30.0
 
 
@@ -185,18 +182,15 @@ def result_backend_for(broker_url: str) -> str | None:
 # -- the worker and the measurement, from the bench process ------------------
 
 
-class PlainWorkerError(RuntimeError):
-    """The plain worker exited, or never answered a ping, while starting."""
-
-
 class PlainChords:
     """A plain Celery worker started for the bench, and chords timed through it.
 
     ``with PlainChords(...) as plain:`` starts ``celery -A bench.peers.plain_celery
-    worker`` in a process group of its own and returns once it answers a control
-    ping; :meth:`time_chords` times chords as the bench times its Django ones;
-    leaving the block stops the worker (SIGTERM, then SIGKILL to its group),
-    also when the block ends in KeyboardInterrupt or SystemExit.
+    worker`` with :class:`stepflows.testing.CeleryWorker` (a process group of its
+    own, ready once it answers a control ping through this app's broker);
+    :meth:`time_chords` times chords as the bench times its Django ones; leaving
+    the block stops the worker (SIGTERM, then SIGKILL to its group), also when the
+    block ends in KeyboardInterrupt or SystemExit.
     """
 
     def __init__(
@@ -225,57 +219,34 @@ class PlainChords:
             **({ENV_TRANSPORT: transport} if transport else {}),
         }
         self.client = make_app(self.env)
-        self.nodename = f"{APP_NAME}-{os.getpid()}-{time.monotonic_ns()}@{socket.gethostname()}"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.worker: Any = None
 
     @property
-    def stderr_file(self) -> Path:
-        return Path(str(self.logfile) + ".stderr")
-
-    def command(self) -> list[str]:
-        # WARNING, Celery's default: a line per task would time the log file. The
-        # Django workers log no more, as their project keeps the root logger.
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.peers.plain_celery",
-            "worker",
-            "-c",
-            str(self.concurrency),
-            "-Q",
-            self.queue,
-            "-P",
-            "prefork",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "WARNING",
-            "--hostname",
-            self.nodename,
-            "--logfile",
-            str(self.logfile),
-        ]
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The worker's main process while it runs."""
+        return self.worker.process if self.worker is not None else None
 
     # -- start and stop --
 
     def __enter__(self) -> PlainChords:
-        self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.stderr_file, "ab") as err:
-            self.process = subprocess.Popen(
-                self.command(),
-                env={**os.environ, **self.env},
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                # Its own group: Ctrl-C in a terminal reaches the bench only, which
-                # stops the worker in order; and one killpg reaches the pool too.
-                start_new_session=True,
-            )
+        # Imported here: the worker imports this module, and must not import stepflows.
+        from stepflows.testing import CeleryWorker
+
+        self.worker = CeleryWorker(
+            "bench.peers.plain_celery",
+            env=self.env,
+            concurrency=self.concurrency,
+            queues=self.queue,
+            logfile=self.logfile,
+            name=APP_NAME,
+            cwd=ROOT,
+            ready_timeout=READY_TIMEOUT,
+            control_app=self.client,
+            # WARNING, Celery's default: a line per task would time the log file.
+            loglevel="WARNING",
+        )
         try:
-            self._wait_until_ready()
+            self.worker.start()
         except BaseException:
             self.stop()
             raise
@@ -289,72 +260,18 @@ class PlainChords:
     ) -> None:
         self.stop()
 
-    def _wait_until_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self._answers_ping():
-            code = self.process.poll()
-            if code is not None:
-                raise PlainWorkerError(
-                    f"plain celery worker exited with status {code} while starting.\n"
-                    f"{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise PlainWorkerError(
-                    f"plain celery worker {self.nodename} did not answer a control ping "
-                    f"within {READY_TIMEOUT:g}s.\n{self.log_tail()}"
-                )
-
-    def _answers_ping(self) -> bool:
-        """Whether the worker answers one ping (a ping sent before it listens is lost)."""
-        with self.client.connection_for_write() as conn:
-            errors: tuple[type[BaseException], ...] = (
-                *conn.connection_errors,
-                *conn.channel_errors,
-                OSError,
-            )
-            try:
-                answers = self.client.control.ping(
-                    destination=[self.nodename], timeout=PING_TIMEOUT, limit=1, connection=conn
-                )
-            except errors:
-                time.sleep(PING_TIMEOUT)
-                return False
-        return bool(answers)
-
     def stop(self) -> None:
         """SIGTERM the main process (it stops its pool), then SIGKILL whatever is left."""
-        process, self.process = self.process, None
-        if process is None:
+        worker, self.worker = self.worker, None
+        if worker is None:
             return
         try:
-            # The main process only: a SIGTERM to the group kills pool children under
-            # the pool's lock, and the main process then waits on it until killed.
-            os.kill(process.pid, signal.SIGTERM)
-            process.wait(timeout=STOP_TIMEOUT)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+            worker.stop(timeout=STOP_TIMEOUT)
         finally:
             # Also when a second interrupt lands during the wait: no process is left.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=STOP_TIMEOUT)
+            worker.kill()
             self.unsubscribe()
             self.client.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the worker's log file and stderr, for error messages."""
-        parts = []
-        for path in (self.logfile, self.stderr_file):
-            try:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                continue
-            if text:
-                parts.append(f"--- last lines of {path} ---\n" + "\n".join(text))
-        return "\n".join(parts) or f"(nothing in {self.logfile} or {self.stderr_file})"
 
     # -- measuring --
 
