@@ -70,7 +70,7 @@ def test_quick_bench_prints_table_and_json(tmp_path):
     assert "skipped" in plain or plain["parallel_ratio"]["3"] > 0
 
 
-def workers_on(queue):
+def workers_on(queue, exact=False):
     """Pids of processes whose command line names ``queue`` or one after it (the bench's
     workers: stepflows', the raw chords' on ``<queue>-floor``)."""
     found = []
@@ -81,7 +81,10 @@ def workers_on(queue):
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"worker" in cmdline and any(arg.startswith(queue.encode()) for arg in cmdline):
+        named = [
+            a for a in cmdline if (a == queue.encode() if exact else a.startswith(queue.encode()))
+        ]
+        if b"worker" in cmdline and named:
             found.append(int(proc.name))
     return found
 
@@ -104,7 +107,10 @@ def test_a_bench_stopped_by_sigterm_stops_its_workers(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: workers_on(queue) or bench.poll() is not None, "no worker started")
+        # stepflows' worker starts last: once it runs, both are up.
+        wait_for(
+            lambda: workers_on(queue, exact=True) or bench.poll() is not None, "no worker started"
+        )
         assert bench.poll() is None, "the bench ended before it could be stopped"
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=120) == 128 + signal.SIGTERM
