@@ -1,4 +1,4 @@
-"""kombu's filesystem transport, made safe for several processes.
+"""kombu's filesystem transport, made safe for several processes, with a folder per queue.
 
 The embedded default broker keeps each message in a file. kombu's own
 transport writes a message file in place (a consumer can read it half-written
@@ -6,6 +6,22 @@ and the worker dies on a JSON error) and claims it by moving it to the
 system's temp folder (not atomic across file systems, so two consumers can
 both take it). This transport writes to a hidden temporary file and renames
 it into place, and claims a message with one atomic rename next to the queue.
+
+kombu's transport keeps every queue's messages in one folder, and lists and
+sorts that whole folder for every message it takes: a consumer of an empty
+queue lists every other queue's messages at each poll, and taking the
+messages of a group of N steps costs O(N^2). This one keeps each queue's
+messages in a folder of its own (:func:`queue_folder`), and keeps the names
+from one listing, taking them in order until none is left before it lists
+again. A name another consumer took meanwhile is skipped (its rename fails).
+Messages an earlier version left in the shared folder are still taken.
+
+The folders are polled. kombu sleeps its ``polling_interval`` whenever no
+message could be taken, also when messages are waiting but every pool
+process holds one already (the prefetch limit): a process that finishes a
+step then waits up to that interval for the next. This one polls every
+``busy_polling_interval`` instead while its last listing left messages
+untaken, and every ``polling_interval`` when the queue is empty.
 
 Use it with ``CELERY_BROKER_TRANSPORT = "stepflows.filesystem_broker:Transport"``
 and ``broker_url = "filesystem://"``; ``project/backends.py`` does so.
@@ -15,9 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
+from collections import deque
 from queue import Empty
+from time import monotonic, sleep
 from typing import Any
+from urllib.parse import quote
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
@@ -25,44 +45,107 @@ from kombu.utils.json import dumps, loads
 
 # Remote-control messages (celery.pidbox: ping, inspect) and their replies; a
 # reply is awaited for seconds, so one unread after a minute never will be.
-PIDBOX_SUFFIX = ".pidbox.msg"
+PIDBOX_SUFFIX = ".pidbox"
 PIDBOX_TTL_NS = 60 * 10**9
+#: Seconds between two sweeps of stale remote-control messages by one consumer.
+SWEEP_SECONDS = 60.0
+
+
+def queue_folder(data_folder: str | os.PathLike[str], queue: str) -> str:
+    """The folder that holds ``queue``'s message files, under the broker's data folder.
+
+    The queue's name, with ``/`` (and a leading dot) escaped: ``stepflows``,
+    ``celery@host.celery.pidbox``. Each message file is named
+    ``<time sent, ns>_<uuid>.<queue>.msg``, so the names sort in sending order.
+    """
+    name = quote(queue, safe="@+=,;~ ")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    return os.path.join(data_folder, name)
+
+
+def message_files(data_folder: str | os.PathLike[str], queue: str) -> list[str]:
+    """Paths of the message files ``queue`` holds now, oldest first (for tests and tools)."""
+    folder = queue_folder(data_folder, queue)
+    with contextlib.suppress(FileNotFoundError):
+        return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _is_message(n)]
+    return []
+
+
+def _is_message(filename: str) -> bool:
+    return filename.endswith(".msg") and not filename.startswith(".")
 
 
 class Channel(filesystem.Channel):
+    _claimed: str | None = None
+    #: Queue folders known to exist (created by this channel or found).
+    _folders: set[str] | None = None
+    #: Per queue, the paths of its messages from the last listing not yet tried, oldest first.
+    _listed: dict[str, deque[tuple[str, str]]] | None = None
+    _swept: float = 0.0
+
+    def _folder(self, data_folder: str, queue: str) -> str:
+        folder = queue_folder(data_folder, queue)
+        if self._folders is None:
+            self._folders = set()
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        return folder
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        folder = self._folder(self.data_folder_out, queue)
         name = f"{uuid.uuid4()}.{queue}.msg"
-        # time.monotonic_ns() keeps files in sending order when sorted by name.
-        final = os.path.join(self.data_folder_out, f"{_now_ns()}_{name}")
-        temp = os.path.join(self.data_folder_out, f".tmp-{name}")
+        # The time sent first keeps files in sending order when sorted by name.
+        final = os.path.join(folder, f"{time.time_ns()}_{name}")
+        temp = os.path.join(folder, f".tmp-{name}")
         with open(temp, "wb") as f:
             f.write(str_to_bytes(dumps(payload)))
         os.replace(temp, final)
 
     def _claimed_folder(self) -> str:
-        folder = (
-            self.processed_folder
-            if self.store_processed
-            else os.path.join(self.data_folder_in, ".claimed")
-        )
-        os.makedirs(folder, exist_ok=True)
-        return str(folder)
+        if self._claimed is None:
+            folder = (
+                self.processed_folder
+                if self.store_processed
+                else os.path.join(self.data_folder_in, ".claimed")
+            )
+            os.makedirs(folder, exist_ok=True)
+            self._claimed = str(folder)
+        return self._claimed
+
+    def _list(self, queue: str) -> deque[tuple[str, str]]:
+        """The queue's message files as (sort key, path), oldest first.
+
+        Its own folder, and the shared folder's files of this queue that an
+        earlier version of this transport wrote there.
+        """
+        folder = self._folder(self.data_folder_in, queue)
+        found = [(n, os.path.join(folder, n)) for n in os.listdir(folder) if _is_message(n)]
+        wanted = f"{queue}.msg"
+        for entry in os.scandir(self.data_folder_in):
+            # <time>_<uuid>.<queue>.msg: the queue's name is all after the first dot.
+            if entry.name.partition(".")[2] == wanted and not entry.name.startswith("."):
+                found.append((entry.name, entry.path))
+        if monotonic() - self._swept > SWEEP_SECONDS:
+            self._swept = monotonic()
+            self._drop_stale_pings()
+        found.sort()
+        return deque(found)
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        wanted = f"{queue}.msg"
+        if self._listed is None:
+            self._listed = {}
+        listed = self._listed.get(queue)
+        if not listed:
+            listed = self._listed[queue] = self._list(queue)
         claimed = self._claimed_folder()
-        for filename in sorted(os.listdir(self.data_folder_in)):
-            if filename.startswith("."):
-                continue
-            target_queue = filename.partition(".")[2]
-            if target_queue != wanted:
-                if target_queue.endswith(PIDBOX_SUFFIX):
-                    self._drop_if_stale(filename)
-                continue
+        while listed:
+            filename, path = listed.popleft()
             target = os.path.join(claimed, filename)
             try:
                 # One atomic rename: exactly one consumer wins the message.
-                os.rename(os.path.join(self.data_folder_in, filename), target)
+                os.rename(path, target)
             except FileNotFoundError:
                 continue
             with open(target, "rb") as f:
@@ -72,27 +155,69 @@ class Channel(filesystem.Channel):
             return loads(bytes_to_str(payload))
         raise Empty()
 
-    def _drop_if_stale(self, filename: str) -> None:
-        """Delete a remote-control message (a ping) nobody read for ``PIDBOX_TTL_NS``.
+    def _size(self, queue: str) -> int:
+        return len(message_files(self.data_folder_in, queue))
+
+    def _purge(self, queue: str) -> int:
+        count = 0
+        for path in message_files(self.data_folder_in, queue):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                count += 1
+        return count + super()._purge(queue)  # an earlier version's files, if any
+
+    def _drop_stale_pings(self) -> None:
+        """Delete remote-control messages (pings) nobody read for ``PIDBOX_TTL_NS``.
 
         A broadcast is copied into the queue of every worker that ever bound the
         fanout exchange, and a stopped worker's binding stays in the exchange
-        file: its copies would pile up in the folder every consumer lists.
+        file: its copies would pile up in a folder nobody reads.
         """
-        sent, _, _ = filename.partition("_")
-        if sent.isdigit() and int(sent) < _now_ns() - PIDBOX_TTL_NS:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(self.data_folder_in, filename))
-
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()
+        oldest = time.time_ns() - PIDBOX_TTL_NS
+        for entry in os.scandir(self.data_folder_in):
+            if entry.name.endswith(PIDBOX_SUFFIX) and entry.is_dir():
+                for name in os.listdir(entry.path):
+                    sent, _, _ = name.partition("_")
+                    if _is_message(name) and sent.isdigit() and int(sent) < oldest:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(entry.path, name))
+            elif entry.name.endswith(PIDBOX_SUFFIX + ".msg"):
+                sent, _, _ = entry.name.partition("_")
+                if sent.isdigit() and int(sent) < oldest:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(entry.path)
 
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    #: Seconds between polls while listed messages wait for a free pool process.
+    busy_polling_interval = 0.001
+
+    # (kombu's stubs type this method two ways, in its base and its virtual transport.)
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        """kombu's loop, but polling every ``busy_polling_interval`` while messages wait."""
+        start = monotonic()
+        assert self.cycle is not None
+        get = self.cycle.get
+        while True:
+            try:
+                get(self._deliver, timeout=timeout)
+            except Empty:
+                if timeout is not None and monotonic() - start >= timeout:
+                    raise TimeoutError() from None  # socket.timeout, as kombu raises
+                interval = self.busy_polling_interval if self._waiting() else self.polling_interval
+                if interval is not None:
+                    sleep(min(interval, timeout) if timeout else interval)
+            else:
+                return
+
+    def _waiting(self) -> bool:
+        """A channel's last listing left messages it has not taken yet."""
+        return any(
+            isinstance(ch, Channel) and ch._listed and any(ch._listed.values())
+            for ch in self.channels or ()
+        )
 
     @property
     def default_connection_params(self) -> dict[str, Any]:

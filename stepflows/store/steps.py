@@ -21,7 +21,8 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Q, Value
 from django.db.models.functions import Coalesce
 
@@ -164,14 +165,30 @@ def _update_parallel_sql(vendor: str) -> str:
     )
 
 
-def _params(names: tuple[str, ...], row: dict[str, Any]) -> list[Any]:
-    return [f.get_db_prep_save(row[f.name], connection) for f in _fields(names)]
+def _db() -> BaseDatabaseWrapper:
+    """This thread's default connection itself, not the ``django.db.connection`` proxy.
+
+    Every attribute read through the proxy is a thread-local lookup, and
+    preparing one step's parameters reads the connection dozens of times.
+    """
+    return connections[DEFAULT_DB_ALIAS]
 
 
-def _run_key(run_id: Any) -> Any:
+def _params(names: tuple[str, ...], row: dict[str, Any], db: BaseDatabaseWrapper) -> list[Any]:
+    """The row's values as the database takes them, in the order of ``names``.
+
+    ``None`` is NULL for every column written here, so it is not prepared.
+    """
+    return [
+        None if (value := row[f.name]) is None else f.get_db_prep_save(value, db)
+        for f in _fields(names)
+    ]
+
+
+def _run_key(run_id: Any, db: BaseDatabaseWrapper) -> Any:
     pk = Run._meta.pk
     assert pk is not None
-    return pk.get_db_prep_value(run_id, connection)
+    return pk.get_db_prep_value(run_id, db)
 
 
 def _insert_if_held(
@@ -191,13 +208,14 @@ def _insert_if_held(
         "wait": rec.wait,
     }
     row.update(values)
-    params = _params(_IDENTITY + _WRITTEN, row)
+    db = _db()
+    params = _params(_IDENTITY + _WRITTEN, row, db)
     if token is None:
-        params += [_run_key(run_id), RunStatus.CANCELLED.value]
+        params += [_run_key(run_id, db), RunStatus.CANCELLED.value]
     else:
-        params += [_run_key(run_id), token, RunStatus.RUNNING.value]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor, token is not None), params)
+        params += [_run_key(run_id, db), token, RunStatus.RUNNING.value]
+    with db.cursor() as cursor:
+        cursor.execute(_insert_sql(db.vendor, token is not None), params)
         return cursor.rowcount == 1
 
 
@@ -354,17 +372,18 @@ def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int)
     with transaction.atomic():
         # _step_held_by(...).update(...) as one prepared statement: the ORM would
         # compile the same query again for every step of every group.
-        params = _params(_WRITTEN, _values(rec))
+        db = _db()
+        params = _params(_WRITTEN, _values(rec), db)
         params += [
-            _run_key(run_id),
+            _run_key(run_id, db),
             rec.step_id,
             rec.attempt_count - 1,
             StepStatus.SCHEDULED.value,
             StepStatus.RUNNING.value,
             token,
         ]
-        with connection.cursor() as cursor:
-            cursor.execute(_update_parallel_sql(connection.vendor), params)
+        with db.cursor() as cursor:
+            cursor.execute(_update_parallel_sql(db.vendor), params)
             written = cursor.rowcount
         if written:
             if rec.is_finished and not count_down_join(

@@ -111,13 +111,13 @@ def broker_messages(queue: str) -> list[Any]:
     """
     url = django_settings.CELERY_BROKER_URL
     if url.startswith("filesystem"):
-        folder = Path(django_settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+        from stepflows.filesystem_broker import message_files
+
+        folder = django_settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
         found = []
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or not path.name.endswith(f".{queue}.msg"):
-                continue
+        for path in message_files(folder, queue):
             try:
-                found.append(path.read_text())
+                found.append(Path(path).read_text())
             except FileNotFoundError:
                 continue  # claimed meanwhile
         return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from queue import Empty
 
 import pytest
@@ -85,18 +86,23 @@ def test_filesystem_broker_drops_stale_pings_only(tmp_path) -> None:
     from kombu import Connection
 
     from project.backends import FILESYSTEM_TRANSPORT, broker_from_url
+    from stepflows.filesystem_broker import queue_folder
 
     url, options = broker_from_url(f"filesystem://{tmp_path}")
     folder = tmp_path / "queue"
     old = time.time_ns() - PIDBOX_TTL_NS - 10**9
-    stale = folder / f"{old}_a.dead-worker@host.celery.pidbox.msg"
-    fresh = folder / f"{time.time_ns()}_b.live-worker@host.celery.pidbox.msg"
+    dead = Path(queue_folder(folder, "dead-worker@host.celery.pidbox"))
+    dead.mkdir()
+    stale = dead / f"{old}_a.dead-worker@host.celery.pidbox.msg"
+    fresh = dead / f"{time.time_ns()}_b.dead-worker@host.celery.pidbox.msg"
+    # Written by an earlier version, in the folder all queues shared.
+    stale_shared = folder / f"{old}_a.dead-worker@host.celery.pidbox.msg"
     task = folder / f"{old}_c.other-queue.msg"
-    for path in (stale, fresh, task):
+    for path in (stale, fresh, stale_shared, task):
         path.write_text("{}")
     with Connection(url, transport=FILESYSTEM_TRANSPORT, transport_options=options) as conn:
         channel = conn.default_channel
         with pytest.raises(Empty):
             channel._get("my-queue")
-    assert not stale.exists()
+    assert not stale.exists() and not stale_shared.exists()
     assert fresh.exists() and task.exists()
