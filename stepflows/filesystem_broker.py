@@ -82,6 +82,8 @@ class Channel(filesystem.Channel):
     _folders: set[str] | None = None
     #: Per queue, the paths of its messages from the last listing not yet tried, oldest first.
     _listed: dict[str, deque[tuple[str, str]]] | None = None
+    #: Per queue, when this channel last looked for an earlier version's files of it.
+    _looked: dict[str, float] | None = None
     _swept: float = 0.0
 
     def _folder(self, data_folder: str, queue: str) -> str:
@@ -99,7 +101,13 @@ class Channel(filesystem.Channel):
         # The time sent first keeps files in sending order when sorted by name.
         final = os.path.join(folder, f"{time.time_ns()}_{name}")
         temp = os.path.join(folder, f".tmp-{name}")
-        with open(temp, "wb") as f:
+        try:
+            f = open(temp, "wb")
+        except FileNotFoundError:
+            # A sweep removed the folder of a remote-control queue idle for a minute.
+            os.makedirs(folder, exist_ok=True)
+            f = open(temp, "wb")
+        with f:
             f.write(str_to_bytes(dumps(payload)))
         os.replace(temp, final)
 
@@ -117,19 +125,31 @@ class Channel(filesystem.Channel):
     def _list(self, queue: str) -> deque[tuple[str, str]]:
         """The queue's message files as (sort key, path), oldest first.
 
-        Its own folder, and the shared folder's files of this queue that an
-        earlier version of this transport wrote there.
+        Its own folder; and, at the first listing and then once a minute, the
+        shared folder's files of this queue that an earlier version of this
+        transport wrote there.
         """
         folder = self._folder(self.data_folder_in, queue)
-        found = [(n, os.path.join(folder, n)) for n in os.listdir(folder) if _is_message(n)]
-        wanted = f"{queue}.msg"
-        for entry in os.scandir(self.data_folder_in):
-            # <time>_<uuid>.<queue>.msg: the queue's name is all after the first dot.
-            if entry.name.partition(".")[2] == wanted and not entry.name.startswith("."):
-                found.append((entry.name, entry.path))
-        if monotonic() - self._swept > SWEEP_SECONDS:
-            self._swept = monotonic()
-            self._drop_stale_pings()
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:  # a remote-control queue's folder, swept while idle
+            assert self._folders is not None
+            self._folders.discard(folder)
+            names = []
+        found = [(n, os.path.join(folder, n)) for n in names if _is_message(n)]
+        now = monotonic()
+        if self._looked is None:
+            self._looked = {}
+        if now - self._looked.get(queue, -SWEEP_SECONDS) >= SWEEP_SECONDS:
+            self._looked[queue] = now
+            wanted = f"{queue}.msg"
+            for entry in os.scandir(self.data_folder_in):
+                # <time>_<uuid>.<queue>.msg: the queue's name is all after the first dot.
+                if entry.name.partition(".")[2] == wanted and not entry.name.startswith("."):
+                    found.append((entry.name, entry.path))
+        if now - self._swept > SWEEP_SECONDS:
+            self._swept = now
+            self._sweep_remote_control()
         found.sort()
         return deque(found)
 
@@ -166,26 +186,35 @@ class Channel(filesystem.Channel):
                 count += 1
         return count + super()._purge(queue)  # an earlier version's files, if any
 
-    def _drop_stale_pings(self) -> None:
+    def _sweep_remote_control(self) -> None:
         """Delete remote-control messages (pings) nobody read for ``PIDBOX_TTL_NS``.
 
         A broadcast is copied into the queue of every worker that ever bound the
         fanout exchange, and a stopped worker's binding stays in the exchange
-        file: its copies would pile up in a folder nobody reads.
+        file: its copies would pile up in a folder nobody reads. Every
+        ``celery inspect`` makes a reply queue, read for seconds: the folder
+        of a remote-control queue left empty for as long goes too (a later
+        message makes it again).
         """
         oldest = time.time_ns() - PIDBOX_TTL_NS
         for entry in os.scandir(self.data_folder_in):
             if entry.name.endswith(PIDBOX_SUFFIX) and entry.is_dir():
-                for name in os.listdir(entry.path):
-                    sent, _, _ = name.partition("_")
-                    if _is_message(name) and sent.isdigit() and int(sent) < oldest:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.remove(os.path.join(entry.path, name))
-            elif entry.name.endswith(PIDBOX_SUFFIX + ".msg"):
-                sent, _, _ = entry.name.partition("_")
-                if sent.isdigit() and int(sent) < oldest:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(entry.path)
+                with contextlib.suppress(FileNotFoundError):
+                    for name in os.listdir(entry.path):
+                        if _is_message(name) and _sent_before(name, oldest):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.remove(os.path.join(entry.path, name))
+                    if entry.stat().st_mtime_ns < oldest:
+                        with contextlib.suppress(OSError):  # not empty: in use again
+                            os.rmdir(entry.path)
+            elif entry.name.endswith(PIDBOX_SUFFIX + ".msg") and _sent_before(entry.name, oldest):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+
+
+def _sent_before(filename: str, oldest_ns: int) -> bool:
+    sent, _, _ = filename.partition("_")
+    return sent.isdigit() and int(sent) < oldest_ns
 
 
 class Transport(filesystem.Transport):

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from queue import Empty
 
 import pytest
@@ -132,3 +133,23 @@ def test_messages_an_earlier_version_left_in_the_shared_folder_are_taken(channel
     assert [channel._get("q")["i"] for _ in range(2)] == [0, 1]
     with pytest.raises(Empty):
         channel._get("q")
+
+
+def test_idle_remote_control_folders_are_swept_and_made_again_when_used(channel, tmp_path) -> None:
+    folder = tmp_path / "queue"
+    reply = Path(filesystem_broker.queue_folder(folder, "f00.reply.celery.pidbox"))
+    tasks = Path(filesystem_broker.queue_folder(folder, "idle-tasks"))
+    reply.mkdir()
+    tasks.mkdir()
+    old = (time.time_ns() - filesystem_broker.PIDBOX_TTL_NS) / 1e9 - 10
+    for path in (reply, tasks):
+        os.utime(path, (old, old))
+
+    with pytest.raises(Empty):
+        channel._get("q")  # the first listing sweeps
+
+    assert not reply.exists()  # an empty reply queue nobody read for a minute
+    assert tasks.exists()  # a task queue's folder is never swept
+    channel._folders.add(str(reply))  # as if this channel had written there before
+    channel._put("f00.reply.celery.pidbox", {"pong": 1})
+    assert channel._get("f00.reply.celery.pidbox") == {"pong": 1}
