@@ -172,6 +172,23 @@ def wait_for_marks(key: str, n: int = 1, timeout: float = 120) -> list[list[str]
     return lines(key)
 
 
+def assert_nothing_recorded_after_cancel(run: Any) -> None:
+    """A cancelled run recorded no step after its cancel but the one running then.
+
+    That step is marked ``after_cancel``. The run's ``ended_at`` is stamped
+    inside the cancel's transaction, a moment before it commits; a step
+    recorded in that moment was recorded while the run was still running
+    (the cancel was not visible yet), so it ends after ``ended_at`` without
+    the mark. So, in step order: at most one unmarked step, then at most the
+    marked one.
+    """
+    from stepflows.models import Step
+
+    late = sorted(Step.objects.filter(run=run, ended_at__gt=run.ended_at), key=lambda s: s.position)
+    assert len(late) <= 2, late
+    assert all(s.attempts[-1].get("after_cancel") for s in late[1:]), late
+
+
 @pytest.fixture
 def faults(settings: Any) -> Iterator[FaultKit]:
     """A FaultKit; this test's messages go to the suite's queue."""
