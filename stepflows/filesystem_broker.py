@@ -176,7 +176,8 @@ class Channel(filesystem.Channel):
         raise Empty()
 
     def _size(self, queue: str) -> int:
-        return len(message_files(self.data_folder_in, queue))
+        # With an earlier version's files in the shared folder, which _get also takes.
+        return len(message_files(self.data_folder_in, queue)) + super()._size(queue)
 
     def _purge(self, queue: str) -> int:
         count = 0

@@ -95,6 +95,20 @@ def test_step_task_memo_is_cached_per_run_group_and_resumes():
     assert n == 1
 
 
+def test_step_rows_have_no_index_on_run_alone():
+    """Every step writes each of its indexes; the two that start with run_id serve run_id."""
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, Step._meta.db_table)
+    run_only = [
+        name
+        for name, c in found.items()
+        if c["columns"] == ["run_id"] and (c["index"] or c["unique"]) and not c["foreign_key"]
+    ]
+    assert run_only == [], run_only
+    leading = [c["columns"] for c in found.values() if c["columns"][:1] == ["run_id"]]
+    assert ["run_id", "step_id"] in leading and ["run_id", "position"] in leading, found
+
+
 def test_new_inline_step_is_one_statement_and_fenced_by_the_lease():
     run = make_run()
     _, n = queries(lambda: step_store.record_inline(run.id, TOKEN, done("one", 0), exists=False))

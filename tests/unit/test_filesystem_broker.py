@@ -130,6 +130,7 @@ def test_messages_an_earlier_version_left_in_the_shared_folder_are_taken(channel
     (folder / f"{time.time_ns() - 10**9}_{uuid.uuid4()}.other.q.msg").write_text('{"i": -1}')
     channel._put("q", {"i": 1})
 
+    assert channel._size("q") == 2
     assert [channel._get("q")["i"] for _ in range(2)] == [0, 1]
     with pytest.raises(Empty):
         channel._get("q")
