@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from stepflows.celery_config import DATABASE_RECOMMENDED
+from stepflows.celery_config import DATABASE_RECOMMENDED, POSTGRESQL_OPTIONS
 
 
 def database_from_url(url: str) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def database_from_url(url: str) -> dict[str, Any]:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
+            "OPTIONS": dict(POSTGRESQL_OPTIONS),
             **DATABASE_RECOMMENDED,
         }
     raise ValueError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite or postgres)")

@@ -14,7 +14,9 @@ in Django settings::
 
 ``manage.py check`` warns when the app lacks one of these
 (``stepflows.W010``-``W013``) or schedules no recovery (``stepflows.W014``),
-and reports an error when pickle is accepted (``stepflows.E010``).
+when workers close database connections after every task (``stepflows.W015``)
+or PostgreSQL statements are not prepared (``stepflows.W016``), and reports an
+error when pickle is accepted (``stepflows.E010``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ DATABASE_RECOMMENDED: dict[str, Any] = {
 
 With ``CONN_MAX_AGE = 0`` (Django's default) connections are still closed
 after every task, whatever ``CELERY_DB_REUSE_MAX`` says.
+"""
+
+POSTGRESQL_OPTIONS: dict[str, Any] = {
+    # Prepare stepflows' own statements (a step's write) once per connection instead
+    # of planning them at every step (see stepflows.store.statements). Leave it out
+    # behind a pooler in transaction mode that does not track prepared statements
+    # (PgBouncer before 1.21, or max_prepared_statements = 0).
+    "prepare_threshold": 5,
+}
+"""Keys for ``DATABASES["default"]["OPTIONS"]`` on PostgreSQL (psycopg 3).
+
+Django binds its own queries' parameters on the client and never prepares
+them, so this changes only stepflows' statements (and those of cursors with
+``server_side_binding``, which psycopg then prepares after five uses).
 """
 
 REDIS_VISIBILITY_TIMEOUT = 3600

@@ -256,3 +256,32 @@ def check_connection_reuse(app_configs: Any = None, **kwargs: Any) -> list[Check
             id="stepflows.W015",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_prepared_statements(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """stepflows' step writes are prepared on PostgreSQL (see stepflows.store.statements)."""
+    from django.core.checks import Warning
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    from .celery_config import POSTGRESQL_OPTIONS
+
+    db = connections.settings[DEFAULT_DB_ALIAS]
+    if not db["ENGINE"].endswith("postgresql"):
+        return []
+    if db.get("OPTIONS", {}).get("prepare_threshold") is not None:
+        return []
+    wanted = ", ".join(f"{k!r}: {v!r}" for k, v in POSTGRESQL_OPTIONS.items())
+    return [
+        Warning(
+            "DATABASES['default'] has no OPTIONS['prepare_threshold'], so Django turns "
+            "prepared statements off: PostgreSQL plans each step's write again at every "
+            "step, which takes longer than the write itself",
+            hint=f"Add {wanted} to DATABASES['default']['OPTIONS'] "
+            "(stepflows.celery_config.POSTGRESQL_OPTIONS); Django's own queries are not "
+            "prepared by it. Behind a pooler in transaction mode that does not keep "
+            "prepared statements (PgBouncer before 1.21, or max_prepared_statements = 0), "
+            "leave it out and add 'stepflows.W016' to SILENCED_SYSTEM_CHECKS.",
+            id="stepflows.W016",
+        )
+    ]

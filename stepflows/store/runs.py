@@ -32,7 +32,7 @@ from ..models import (
     StepStatus,
     Waiter,
 )
-from . import admission, waits
+from . import admission, statements, waits
 from .events import start_failure_handler
 from .fence import after_commit
 from .records import FINISHED, PlannedStep
@@ -309,14 +309,13 @@ def count_down_join(run_id: Any, group: int, size: int, max_state: int) -> bool 
     step task never counts twice; the run row's lock orders concurrent steps,
     so exactly one of them sees zero.
     """
-    from django.db import connection
-
-    qn = connection.ops.quote_name
+    db = statements.db()
+    qn = db.ops.quote_name
     table = qn(Run._meta.db_table)
     pk = Run._meta.pk
     assert pk is not None
-    run_key = pk.get_db_prep_value(run_id, connection)
-    with connection.cursor() as cursor:
+    run_key = pk.get_db_prep_value(run_id, db)
+    with statements.cursor(db) as cursor:
         cursor.execute(
             f"UPDATE {table} SET join_pending = join_pending - 1, "
             "state_bytes = state_bytes + %s "

@@ -21,13 +21,14 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Q, Value
 from django.db.models.functions import Coalesce
 
 from .. import clock
 from ..models import Run, RunStatus, Step, StepStatus
+from . import statements
 from .fence import LeaseLost
 from .records import FIELDS, FINISHED, StepRecord
 from .runs import count_down_join, run_status, stale_before
@@ -165,15 +166,6 @@ def _update_parallel_sql(vendor: str) -> str:
     )
 
 
-def _db() -> BaseDatabaseWrapper:
-    """This thread's default connection itself, not the ``django.db.connection`` proxy.
-
-    Every attribute read through the proxy is a thread-local lookup, and
-    preparing one step's parameters reads the connection dozens of times.
-    """
-    return connections[DEFAULT_DB_ALIAS]
-
-
 def _params(names: tuple[str, ...], row: dict[str, Any], db: BaseDatabaseWrapper) -> list[Any]:
     """The row's values as the database takes them, in the order of ``names``.
 
@@ -208,13 +200,13 @@ def _insert_if_held(
         "wait": rec.wait,
     }
     row.update(values)
-    db = _db()
+    db = statements.db()
     params = _params(_IDENTITY + _WRITTEN, row, db)
     if token is None:
         params += [_run_key(run_id, db), RunStatus.CANCELLED.value]
     else:
         params += [_run_key(run_id, db), token, RunStatus.RUNNING.value]
-    with db.cursor() as cursor:
+    with statements.cursor(db) as cursor:
         cursor.execute(_insert_sql(db.vendor, token is not None), params)
         return cursor.rowcount == 1
 
@@ -372,7 +364,7 @@ def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int)
     with transaction.atomic():
         # _step_held_by(...).update(...) as one prepared statement: the ORM would
         # compile the same query again for every step of every group.
-        db = _db()
+        db = statements.db()
         params = _params(_WRITTEN, _values(rec), db)
         params += [
             _run_key(run_id, db),
@@ -382,7 +374,7 @@ def record_parallel(run_id: Any, token: str, rec: StepRecord, *, max_state: int)
             StepStatus.RUNNING.value,
             token,
         ]
-        with db.cursor() as cursor:
+        with statements.cursor(db) as cursor:
             cursor.execute(_update_parallel_sql(db.vendor), params)
             written = cursor.rowcount
         if written:

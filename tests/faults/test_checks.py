@@ -6,7 +6,7 @@ import pytest
 from celery import current_app
 
 from stepflows.celery_config import RECOMMENDED, django_settings
-from stepflows.checks import check_celery, check_connection_reuse
+from stepflows.checks import check_celery, check_connection_reuse, check_prepared_statements
 
 
 @pytest.fixture
@@ -90,3 +90,31 @@ def test_a_psycopg_pool_keeps_connections_without_conn_max_age(conf):
         assert check_connection_reuse() == []
     finally:
         db["CONN_MAX_AGE"], db["OPTIONS"] = saved
+
+
+@pytest.fixture
+def default_db():
+    from django.db import connections
+
+    db = connections.settings["default"]
+    saved = db["ENGINE"], db.get("OPTIONS", {})
+    yield db
+    db["ENGINE"], db["OPTIONS"] = saved
+
+
+def test_postgresql_without_prepared_statements_warns(default_db):
+    default_db["ENGINE"] = "django.db.backends.postgresql"
+    default_db["OPTIONS"] = {}
+    [warning] = check_prepared_statements()
+    assert warning.id == "stepflows.W016" and not warning.is_serious()
+    assert "'prepare_threshold': 5" in warning.hint and "PgBouncer" in warning.hint
+    default_db["OPTIONS"] = {"prepare_threshold": None}
+    assert ids(check_prepared_statements()) == ["stepflows.W016"]
+    default_db["OPTIONS"] = {"prepare_threshold": 5}
+    assert check_prepared_statements() == []
+
+
+def test_prepared_statements_are_not_asked_of_sqlite(default_db):
+    default_db["ENGINE"] = "django.db.backends.sqlite3"
+    default_db["OPTIONS"] = {}
+    assert check_prepared_statements() == []

@@ -10,7 +10,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -18,6 +18,7 @@ from stepflows import dispatch
 from stepflows.engine.memo import clear_cache, memo_for_step_task
 from stepflows.models import Event, Run, RunStatus, Step, StepStatus
 from stepflows.store import runs as run_store
+from stepflows.store import statements
 from stepflows.store import steps as step_store
 from stepflows.store.fence import LeaseLost
 from stepflows.store.records import PlannedStep, StepRecord
@@ -127,6 +128,53 @@ def test_new_inline_step_is_one_statement_and_fenced_by_the_lease():
         step_store.record_inline(run.id, TOKEN, done("two", 1), exists=False)
     assert lost.value.cancelled
     assert not Step.objects.filter(run=run, step_id="two").exists()
+
+
+def prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_step_writes_are_prepared_on_postgresql(sent):
+    """With OPTIONS["prepare_threshold"] (POSTGRESQL_OPTIONS), each write is planned once."""
+    if connection.vendor != "postgresql":
+        # Nothing to prepare: the ordinary cursor, bound on the client.
+        assert not statements.prepares(connections["default"])
+        return
+    assert statements.prepares(connections["default"])
+    inline = make_run()
+    for position, step_id in enumerate(("one", "two")):
+        step_store.record_inline(inline.id, TOKEN, done(step_id, position), exists=False)
+    run = suspended_with_group(sent)
+    for step_id, position in {"a": 0, "b": 1}.items():
+        step_store.record_parallel(run.id, TOKEN, done(step_id, position, group=0), max_state=10**6)
+    found = prepared_statements()
+    assert any(s.startswith('INSERT INTO "stepflows_step"') for s in found), found
+    assert any(s.startswith('UPDATE "stepflows_step" SET') for s in found), found
+    assert any("join_pending = join_pending - 1" in s for s in found), found
+    assert Step.objects.filter(status=StepStatus.COMPLETED).count() == 4
+    assert Run.objects.get(id=run.id).join_pending == 0
+
+
+def test_step_writes_are_not_prepared_when_django_turns_them_off():
+    """Django's default (no prepare_threshold) keeps connection poolers working: follow it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    db = connections["default"]
+    options = db.settings_dict["OPTIONS"]
+    saved = options.pop("prepare_threshold")
+    db.close()
+    try:
+        assert not statements.prepares(db)
+        run = make_run()
+        for position, step_id in enumerate(("one", "two", "three")):
+            step_store.record_inline(run.id, TOKEN, done(step_id, position), exists=False)
+        assert Step.objects.filter(run=run).count() == 3
+        assert prepared_statements() == []
+    finally:
+        options["prepare_threshold"] = saved
+        db.close()
 
 
 def test_group_join_counts_each_step_once_and_the_last_resumes(sent):
