@@ -21,7 +21,6 @@ from ..exceptions import (
 )
 from ..models import ACTIVE_RUN_STATUSES, Run, RunStatus, StepStatus
 from ..models import Event as EventRow
-from ..models import Step as StepRow
 from ..registry import Workflow, registry
 from ..serialization import to_json
 from ..store import runs as run_store
@@ -351,9 +350,7 @@ def execute_step_task(
     done = StepOutcome(completed=True)
     # One query for the step, its run and the run's event; the steps before
     # the group come from this process's cache (see memo_for_step_task).
-    row = (
-        StepRow.objects.select_related("run__event").filter(run_id=run_id, step_id=step_id).first()
-    )
+    row = step_store.step_for_task(run_id, step_id)
     if row is None and run_store.run_status(run_id) is None:
         report.unknown_run(run_id, "run_step")
         return done

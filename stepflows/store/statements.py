@@ -75,6 +75,20 @@ def cursor(database: BaseDatabaseWrapper) -> Any:
     database.ensure_connection()
     database.validate_thread_sharing()
     raw: Any = _PreparingCursor(database.connection)
+    _follow_timezone(database, raw)
     if database.queries_logged:
         return database.make_debug_cursor(raw)
     return database.make_cursor(raw)
+
+
+def _follow_timezone(database: BaseDatabaseWrapper, raw: Any) -> None:
+    """Read ``timestamptz`` in the connection's time zone, as Django's own cursors do."""
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    loader: Any = raw.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
+    if database.timezone != loader.timezone:
+        register_tzloader(database.timezone, raw)
+
+
+_TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid if psycopg is not None else 0

@@ -21,13 +21,13 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field, Q, Value
+from django.db.models import Field, Model, Q, Value
 from django.db.models.functions import Coalesce
 
 from .. import clock
-from ..models import Run, RunStatus, Step, StepStatus
+from ..models import Event, Run, RunStatus, Step, StepStatus
 from . import statements
 from .fence import LeaseLost
 from .records import FIELDS, FINISHED, StepRecord
@@ -59,6 +59,82 @@ def _values(rec: StepRecord) -> dict[str, Any]:
 def stored_step(run_id: Any, step_id: str) -> StepRecord:
     row = Step.objects.filter(run_id=run_id, step_id=step_id).values(*FIELDS).get()
     return StepRecord.from_row(row)
+
+
+def step_for_task(run_id: Any, step_id: str) -> Step | None:
+    """The step with its run and the run's event loaded, or None: what a step task starts from.
+
+    The same rows as ``Step.objects.select_related("run__event")...first()``,
+    but the statement is built once per process: compiling that query took
+    about 1 ms of every parallel step, ten times its execution.
+    """
+    db = statements.db()
+    select = _step_task_select(db.vendor)
+    with statements.cursor(db) as cursor:
+        cursor.execute(select.sql, [_run_key(run_id, db), step_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    step, run, event = select.instances(db.alias, row)
+    run._state.fields_cache["event"] = event
+    step._state.fields_cache["run"] = run
+    return step
+
+
+class _Joined:
+    """A SELECT of whole rows of several models, joined, and how to turn a row into instances."""
+
+    def __init__(self, sql: str, parts: list[tuple[type[Model], list[str], list[Any]]]) -> None:
+        self.sql = sql
+        # Per model: its field attnames and, per field, (column expression, converters).
+        self.parts = parts
+
+    def instances(self, alias: str, row: tuple[Any, ...]) -> list[Model]:
+        found: list[Model] = []
+        start = 0
+        db = connections[alias]
+        for model, names, columns in self.parts:
+            values = list(row[start : start + len(names)])
+            start += len(names)
+            for i, (col, converters) in enumerate(columns):
+                for convert in converters:
+                    values[i] = convert(values[i], col, db)
+            found.append(model.from_db(alias, names, values))
+        return found
+
+
+@lru_cache(maxsize=4)
+def _step_task_select(vendor: str) -> _Joined:
+    """step JOIN run JOIN event for one (run, step_id), with every concrete column of each.
+
+    Values are converted as the ORM converts them (the backend's converters,
+    then the field's ``from_db_value``).
+    """
+    db = statements.db()
+    qn = db.ops.quote_name
+    selected: list[str] = []
+    parts: list[tuple[type[Model], list[str], list[Any]]] = []
+    for alias, model in (("s", Step), ("r", Run), ("e", Event)):
+        fields = model._meta.concrete_fields
+        columns = []
+        for f in fields:
+            col = f.get_col(alias)
+            columns.append((col, [*db.ops.get_db_converters(col), *col.get_db_converters(db)]))
+            selected.append(f"{alias}.{qn(f.column)}")
+        parts.append((model, [f.attname for f in fields], columns))
+    run_fk = Step._meta.get_field("run")
+    event_fk = Run._meta.get_field("event")
+    assert isinstance(run_fk, Field) and isinstance(event_fk, Field)
+    assert Run._meta.pk is not None and Event._meta.pk is not None
+    sql = (
+        f"SELECT {', '.join(selected)} FROM {qn(Step._meta.db_table)} s "
+        f"INNER JOIN {qn(Run._meta.db_table)} r "
+        f"ON r.{qn(Run._meta.pk.column)} = s.{qn(run_fk.column)} "
+        f"INNER JOIN {qn(Event._meta.db_table)} e "
+        f"ON e.{qn(Event._meta.pk.column)} = r.{qn(event_fk.column)} "
+        f"WHERE s.{qn(run_fk.column)} = %s AND s.{qn('step_id')} = %s"
+    )
+    return _Joined(sql, parts)
 
 
 def _lost(run_id: Any, what: str) -> LeaseLost:

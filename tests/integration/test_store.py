@@ -130,6 +130,29 @@ def test_new_inline_step_is_one_statement_and_fenced_by_the_lease():
     assert not Step.objects.filter(run=run, step_id="two").exists()
 
 
+def test_a_step_task_reads_its_step_run_and_event_as_the_orm_does():
+    run = make_run()
+    output = {"a": [1, "x"], "when": "2026-01-01"}
+    step_store.record_inline(run.id, TOKEN, done("one", 0, output=output), exists=False)
+    Run.objects.filter(id=run.id).update(resumes=3, progress_at=timezone.now())
+    got, n = queries(lambda: step_store.step_for_task(run.id, "one"))
+    assert n == 1 and got is not None
+    want = Step.objects.select_related("run__event").get(run=run, step_id="one")
+
+    def fields(obj):
+        return {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields}
+
+    with CaptureQueriesContext(connection) as ctx:
+        pairs = [(got, want), (got.run, want.run), (got.run.event, want.run.event)]
+    assert len(ctx.captured_queries) == 0, "the run and its event come with the step"
+    for mine, orm in pairs:
+        assert fields(mine) == fields(orm)
+        assert not mine._state.adding and mine._state.db == "default"
+    assert got.output == output and got.run.resumes == 3 and got.run.progress_at.tzinfo
+    assert step_store.step_for_task(run.id, "missing") is None
+    assert step_store.step_for_task(uuid.uuid4(), "one") is None
+
+
 def prepared_statements() -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")

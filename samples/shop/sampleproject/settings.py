@@ -111,6 +111,8 @@ if os.environ.get("DATABASE_URL"):
         "PORT": str(_db.port or ""),
         "CONN_MAX_AGE": 600,
         "CONN_HEALTH_CHECKS": True,
+        # stepflows prepares its step writes once per connection (stepflows.W016).
+        "OPTIONS": {"prepare_threshold": 5},
     }
 
 
