@@ -76,6 +76,7 @@ def step_for_task(run_id: Any, step_id: str) -> Step | None:
     if row is None:
         return None
     step, run, event = select.instances(db.alias, row)
+    assert isinstance(step, Step)
     run._state.fields_cache["event"] = event
     step._state.fields_cache["run"] = run
     return step
@@ -120,7 +121,7 @@ def _step_task_select(vendor: str) -> _Joined:
         for f in fields:
             col = f.get_col(alias)
             columns.append((col, [*db.ops.get_db_converters(col), *col.get_db_converters(db)]))
-            selected.append(f"{alias}.{qn(f.column)}")
+            selected.append(f"{alias}.{qn(str(f.column))}")
         parts.append((model, [f.attname for f in fields], columns))
     run_fk = Step._meta.get_field("run")
     event_fk = Run._meta.get_field("event")
@@ -129,10 +130,10 @@ def _step_task_select(vendor: str) -> _Joined:
     sql = (
         f"SELECT {', '.join(selected)} FROM {qn(Step._meta.db_table)} s "
         f"INNER JOIN {qn(Run._meta.db_table)} r "
-        f"ON r.{qn(Run._meta.pk.column)} = s.{qn(run_fk.column)} "
+        f"ON r.{qn(str(Run._meta.pk.column))} = s.{qn(str(run_fk.column))} "
         f"INNER JOIN {qn(Event._meta.db_table)} e "
-        f"ON e.{qn(Event._meta.pk.column)} = r.{qn(event_fk.column)} "
-        f"WHERE s.{qn(run_fk.column)} = %s AND s.{qn('step_id')} = %s"
+        f"ON e.{qn(str(Event._meta.pk.column))} = r.{qn(str(event_fk.column))} "
+        f"WHERE s.{qn(str(run_fk.column))} = %s AND s.{qn('step_id')} = %s"
     )
     return _Joined(sql, parts)
 
