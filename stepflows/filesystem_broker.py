@@ -21,7 +21,15 @@ message could be taken, also when messages are waiting but every pool
 process holds one already (the prefetch limit): a process that finishes a
 step then waits up to that interval for the next. This one polls every
 ``busy_polling_interval`` instead while its last listing left messages
-untaken, and every ``polling_interval`` when the queue is empty.
+untaken. When its queues are empty, a consumer waits for a doorbell: each
+task queue's folder has a named pipe (``.bell``) that the consumer holds
+open, and a sender writes a byte to it after putting a message, so the
+consumer lists the folder again at once instead of up to
+``polling_interval`` later (each hop of a run, on the embedded default,
+waited half of that on average). ``polling_interval`` stays the longest
+wait: a ring can be missed (a sender that finds no one listening) but a
+message cannot. Where there are no named pipes (Windows), or for
+remote-control queues, consumers only poll.
 
 Use it with ``CELERY_BROKER_TRANSPORT = "stepflows.filesystem_broker:Transport"``
 and ``broker_url = "filesystem://"``; ``project/backends.py`` does so.
@@ -30,7 +38,9 @@ and ``broker_url = "filesystem://"``; ``project/backends.py`` does so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import select
 import time
 import uuid
 from collections import deque
@@ -49,6 +59,8 @@ PIDBOX_SUFFIX = ".pidbox"
 PIDBOX_TTL_NS = 60 * 10**9
 #: Seconds between two sweeps of stale remote-control messages by one consumer.
 SWEEP_SECONDS = 60.0
+#: The named pipe in a task queue's folder that wakes its consumers (see the module).
+BELL = ".bell"
 
 
 def queue_folder(data_folder: str | os.PathLike[str], queue: str) -> str:
@@ -85,6 +97,8 @@ class Channel(filesystem.Channel):
     #: Per queue, when this channel last looked for an earlier version's files of it.
     _looked: dict[str, float] | None = None
     _swept: float = 0.0
+    #: Per queue folder, this consumer's end of its bell (None: the queue has none).
+    _bells: dict[str, int | None] | None = None
 
     def _folder(self, data_folder: str, queue: str) -> str:
         folder = queue_folder(data_folder, queue)
@@ -110,6 +124,24 @@ class Channel(filesystem.Channel):
         with f:
             f.write(str_to_bytes(dumps(payload)))
         os.replace(temp, final)
+        _ring(folder)
+
+    def bell(self, queue: str) -> int | None:
+        """This consumer's end of ``queue``'s bell, made and opened at its first wait."""
+        folder = self._folder(self.data_folder_in, queue)
+        if self._bells is None:
+            self._bells = {}
+        if folder not in self._bells:
+            self._bells[folder] = _open_bell(folder, queue)
+        return self._bells[folder]
+
+    def close(self) -> None:
+        for fd in (self._bells or {}).values():
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._bells = None
+        super().close()
 
     def _claimed_folder(self) -> str:
         if self._claimed is None:
@@ -213,6 +245,50 @@ class Channel(filesystem.Channel):
                     os.remove(entry.path)
 
 
+def _open_bell(folder: str, queue: str) -> int | None:
+    """Make the folder's bell if needed and open it for reading (None: no bell here).
+
+    Opened for writing too, so the pipe always has a writer: without one, a
+    reader of a named pipe sees end-of-file, and select() wakes at once, as
+    soon as the first sender has closed it.
+    """
+    if queue.endswith(PIDBOX_SUFFIX) or not hasattr(os, "mkfifo"):
+        return None  # remote-control folders are swept when idle; Windows has no named pipes
+    path = os.path.join(folder, BELL)
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without named pipes
+        return None
+    try:
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
+def _ring(folder: str) -> None:
+    """Wake the consumers waiting on the folder's bell, if it has one and they listen."""
+    try:
+        fd = os.open(os.path.join(folder, BELL), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no bell (FileNotFoundError), or no consumer holds it open (ENXIO)
+        return
+    try:
+        os.write(fd, b"\0")
+    except OSError as exc:  # full: the consumers have wake-ups enough to read
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _silence(fd: int) -> None:
+    """Read the rings out of a bell, so the next wait waits for a new one."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
 def _sent_before(filename: str, oldest_ns: int) -> bool:
     sent, _, _ = filename.partition("_")
     return sent.isdigit() and int(sent) < oldest_ns
@@ -236,11 +312,31 @@ class Transport(filesystem.Transport):
             except Empty:
                 if timeout is not None and monotonic() - start >= timeout:
                     raise TimeoutError() from None  # socket.timeout, as kombu raises
-                interval = self.busy_polling_interval if self._waiting() else self.polling_interval
-                if interval is not None:
-                    sleep(min(interval, timeout) if timeout else interval)
+                waiting = self._waiting()
+                interval = self.busy_polling_interval if waiting else self.polling_interval
+                if interval is None:
+                    continue
+                wait = min(interval, timeout) if timeout else interval
+                bells = [] if waiting else self._bells()
+                if bells:
+                    ready, _, _ = select.select(bells, [], [], wait)
+                    for fd in ready:
+                        _silence(fd)
+                else:
+                    sleep(wait)
             else:
                 return
+
+    def _bells(self) -> list[int]:
+        """The bells of the queues this connection's channels consume."""
+        found = []
+        for ch in self.channels or ():
+            if isinstance(ch, Channel):
+                for queue in ch._active_queues:
+                    fd = ch.bell(queue)
+                    if fd is not None:
+                        found.append(fd)
+        return found
 
     def _waiting(self) -> bool:
         """A channel's last listing left messages it has not taken yet."""

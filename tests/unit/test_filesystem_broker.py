@@ -154,3 +154,49 @@ def test_idle_remote_control_folders_are_swept_and_made_again_when_used(channel,
     channel._folders.add(str(reply))  # as if this channel had written there before
     channel._put("f00.reply.celery.pidbox", {"pong": 1})
     assert channel._get("f00.reply.celery.pidbox") == {"pong": 1}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes: consumers only poll")
+def test_a_waiting_consumer_is_woken_by_a_message_not_by_its_polling_interval(tmp_path) -> None:
+    import threading
+
+    url, options = broker_from_url(f"filesystem://{tmp_path}")
+    # An hour between polls: only the bell can bring the message in time.
+    options = {**options, "polling_interval": 3600}
+    got: list[object] = []
+    with (
+        Connection(url, transport=FILESYSTEM_TRANSPORT, transport_options=options) as consumer,
+        Connection(url, transport=FILESYSTEM_TRANSPORT, transport_options=options) as sender,
+    ):
+        inbox = consumer.SimpleQueue("q")
+        outbox = sender.SimpleQueue("q")
+        waiting = threading.Thread(target=lambda: got.append(inbox.get(block=True).payload))
+        waiting.daemon = True
+        waiting.start()
+        folder = Path(filesystem_broker.queue_folder(options["data_folder_in"], "q"))
+        for _ in range(600):  # the consumer makes its bell when it starts to wait
+            if (folder / filesystem_broker.BELL).exists():
+                break
+            time.sleep(0.05)
+        outbox.put({"i": 1})
+        waiting.join(timeout=120)
+        assert not waiting.is_alive(), "the consumer slept through the message"
+        assert got == [{"i": 1}]
+        assert filesystem_broker.message_files(options["data_folder_in"], "q") == []
+        inbox.close()
+        outbox.close()
+
+
+def test_a_bell_without_a_listener_loses_nothing(channel, tmp_path) -> None:
+    # A task queue's bell is made by its consumer's first wait; a pidbox queue has none.
+    assert channel.bell("celery@host.celery.pidbox") is None
+    if hasattr(os, "mkfifo"):
+        fd = channel.bell("q")
+        assert fd is not None
+        assert channel.bell("q") == fd  # opened once per channel
+    channel._put("q", {"i": 0})  # rings; with no listener (or no bell), the send still works
+    other = tmp_path / "no-bell"
+    other.mkdir()
+    filesystem_broker._ring(str(other))
+    assert channel._get("q") == {"i": 0}
+    assert filesystem_broker.message_files(channel.data_folder_in, "q") == []  # not the bell
