@@ -14,14 +14,16 @@ stores no task results, so only the bench adds it.
 Two profiles (``STEPFLOWS_BENCH_PROFILE``), one per worker the bench starts:
 
 - ``stepflows``: stepflows' recommended settings
-  (:mod:`stepflows.celery_config`: ``RECOMMENDED`` and ``DATABASE_RECOMMENDED``);
+  (:mod:`stepflows.celery_config`: ``RECOMMENDED``, ``DATABASE_RECOMMENDED``
+  and, on PostgreSQL, ``POSTGRESQL_OPTIONS``);
 - ``celery-defaults``: the raw chord's worker, a Django project with Celery's
   and Django's defaults (early acknowledgement, prefetch 4, a new database
-  connection per task), on a queue of its own.
+  connection per task, no prepared statements), on a queue of its own.
 
 ``STEPFLOWS_BENCH_CONNECTIONS`` (``close``, ``reuse``, ``reuse-checked``,
-``pool``) and ``STEPFLOWS_BENCH_PREFETCH`` override the ``stepflows`` profile,
-to measure the alternatives the recommendation was chosen from.
+``pool``), ``STEPFLOWS_BENCH_PREFETCH`` and ``STEPFLOWS_BENCH_PREPARE=off``
+(Django's default: no prepared statements) override the ``stepflows``
+profile, to measure the alternatives the recommendation was chosen from.
 """
 
 from __future__ import annotations
@@ -71,10 +73,16 @@ _CONNECTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _database(overrides: dict[str, Any], pool: bool = False) -> dict[str, Any]:
+def _database(
+    overrides: dict[str, Any], pool: bool = False, prepare: bool = True
+) -> dict[str, Any]:
     db = {**_base.DATABASES["default"], **overrides}
+    options = dict(db.get("OPTIONS", {}))
     if pool and db["ENGINE"].endswith("postgresql"):
-        db["OPTIONS"] = {**db.get("OPTIONS", {}), "pool": {"min_size": 1, "max_size": 4}}
+        options["pool"] = {"min_size": 1, "max_size": 4}
+    if not prepare:
+        options.pop("prepare_threshold", None)
+    db["OPTIONS"] = options
     return db
 
 
@@ -82,7 +90,7 @@ for _key in _CELERY_KEYS:
     globals().pop(_key, None)
 if PROFILE == "celery-defaults":
     CELERY_TASK_DEFAULT_QUEUE = STEPFLOWS_BENCH_FLOOR_QUEUE
-    DATABASES = {**_base.DATABASES, "default": _database(_CONNECTIONS["close"])}
+    DATABASES = {**_base.DATABASES, "default": _database(_CONNECTIONS["close"], prepare=False)}
 else:
     CELERY_TASK_DEFAULT_QUEUE = QUEUE
     globals().update({k: v for k, v in django_settings().items() if k in _CELERY_KEYS})
@@ -91,7 +99,11 @@ else:
         CELERY_DB_REUSE_MAX = None
     DATABASES = {
         **_base.DATABASES,
-        "default": _database(_CONNECTIONS.get(_conn, DATABASE_RECOMMENDED), pool=_conn == "pool"),
+        "default": _database(
+            _CONNECTIONS.get(_conn, DATABASE_RECOMMENDED),
+            pool=_conn == "pool",
+            prepare=os.environ.get("STEPFLOWS_BENCH_PREPARE") != "off",
+        ),
     }
     if os.environ.get("STEPFLOWS_BENCH_PREFETCH"):
         CELERY_WORKER_PREFETCH_MULTIPLIER = int(os.environ["STEPFLOWS_BENCH_PREFETCH"])
