@@ -292,12 +292,17 @@ def take_slots(
 def release_slots(run_id: Any) -> None:
     """The run ended or went into a durable wait: give its slots back, in the caller's
     transaction, each to the first run in line for it."""
-    if Slot.objects.filter(run_id=run_id).exists():
-        _give_back(run_id)
+    slots = _held_by(run_id)
+    if slots:
+        _give_back(run_id, slots)
 
 
-def _give_back(run_id: Any) -> None:
-    slots = list(Slot.objects.filter(run_id=run_id).values_list("workflow_id", "key"))
+def _held_by(run_id: Any) -> list[tuple[str, str]]:
+    return list(Slot.objects.filter(run_id=run_id).values_list("workflow_id", "key"))
+
+
+def _give_back(run_id: Any, slots: list[tuple[str, str]] | None = None) -> None:
+    slots = _held_by(run_id) if slots is None else slots
     for workflow_id, key in sorted(slots):
         lock(workflow_id, "concurrency", key)
     Slot.objects.filter(run_id=run_id).delete()
