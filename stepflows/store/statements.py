@@ -24,11 +24,14 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
 
 try:
     import psycopg
 except ImportError:  # SQLite only, or psycopg2 (Django uses psycopg 3 when it is installed)
     psycopg = None  # type: ignore[assignment]
+
+_TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid if psycopg is not None else 0
 
 
 def db() -> BaseDatabaseWrapper:
@@ -91,4 +94,28 @@ def _follow_timezone(database: BaseDatabaseWrapper, raw: Any) -> None:
         register_tzloader(database.timezone, raw)
 
 
-_TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid if psycopg is not None else 0
+class Joined:
+    """A fixed SELECT of whole rows of several models, joined, and how to make instances of a row.
+
+    ``parts`` holds, per model in the order of its columns: the model, its
+    fields' attnames, and per field (its column expression, its converters),
+    so values are converted as the ORM converts them (the backend's
+    converters, then the field's ``from_db_value``).
+    """
+
+    def __init__(self, sql: str, parts: list[tuple[type[Model], list[str], list[Any]]]) -> None:
+        self.sql = sql
+        self.parts = parts
+
+    def instances(self, alias: str, row: tuple[Any, ...]) -> list[Model]:
+        found: list[Model] = []
+        start = 0
+        database = connections[alias]
+        for model, names, columns in self.parts:
+            values = list(row[start : start + len(names)])
+            start += len(names)
+            for i, (col, converters) in enumerate(columns):
+                for convert in converters:
+                    values[i] = convert(values[i], col, database)
+            found.append(model.from_db(alias, names, values))
+        return found

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, Q, Value
 from django.db.models.functions import Coalesce
@@ -82,30 +82,8 @@ def step_for_task(run_id: Any, step_id: str) -> Step | None:
     return step
 
 
-class _Joined:
-    """A SELECT of whole rows of several models, joined, and how to turn a row into instances."""
-
-    def __init__(self, sql: str, parts: list[tuple[type[Model], list[str], list[Any]]]) -> None:
-        self.sql = sql
-        # Per model: its field attnames and, per field, (column expression, converters).
-        self.parts = parts
-
-    def instances(self, alias: str, row: tuple[Any, ...]) -> list[Model]:
-        found: list[Model] = []
-        start = 0
-        db = connections[alias]
-        for model, names, columns in self.parts:
-            values = list(row[start : start + len(names)])
-            start += len(names)
-            for i, (col, converters) in enumerate(columns):
-                for convert in converters:
-                    values[i] = convert(values[i], col, db)
-            found.append(model.from_db(alias, names, values))
-        return found
-
-
 @lru_cache(maxsize=4)
-def _step_task_select(vendor: str) -> _Joined:
+def _step_task_select(vendor: str) -> statements.Joined:
     """step JOIN run JOIN event for one (run, step_id), with every concrete column of each.
 
     Values are converted as the ORM converts them (the backend's converters,
@@ -135,7 +113,7 @@ def _step_task_select(vendor: str) -> _Joined:
         f"ON e.{qn(str(Event._meta.pk.column))} = r.{qn(str(event_fk.column))} "
         f"WHERE s.{qn(str(run_fk.column))} = %s AND s.{qn('step_id')} = %s"
     )
-    return _Joined(sql, parts)
+    return statements.Joined(sql, parts)
 
 
 def _lost(run_id: Any, what: str) -> LeaseLost:

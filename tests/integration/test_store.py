@@ -130,6 +130,17 @@ def test_new_inline_step_is_one_statement_and_fenced_by_the_lease():
     assert not Step.objects.filter(run=run, step_id="two").exists()
 
 
+def test_a_step_recorded_twice_keeps_the_first_record():
+    """A redelivered invocation's INSERT hits the unique (run, step id): Django's
+    IntegrityError, raised through stepflows' own cursor (prepared on PostgreSQL),
+    is caught and the stored step is returned, not overwritten."""
+    run = make_run()
+    step_store.record_inline(run.id, TOKEN, done("one", 0, output="first"), exists=False)
+    again = step_store.record_inline(run.id, TOKEN, done("one", 0, output="second"), exists=False)
+    assert again.output == "first"
+    assert list(Step.objects.filter(run=run).values_list("output", flat=True)) == ["first"]
+
+
 def test_a_step_task_reads_its_step_run_and_event_as_the_orm_does():
     run = make_run()
     output = {"a": [1, "x"], "when": "2026-01-01"}
